@@ -1,0 +1,126 @@
+/*
+ * shared_state.c
+ *		The extension's one block of shared memory: where the worker can be
+ *		woken, the ticket request slots, deferred log rows and counters.
+ *
+ * Nothing here holds a process-local pointer.  The worker is found through
+ * its PGPROC number and woken by setting that PGPROC's latch, which lives in
+ * shared memory too.
+ */
+#include "freescout_bridge.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+
+FsbSharedState *fsb_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(FsbSharedState)));
+	RequestNamedLWLockTranche(FSB_EXTENSION_NAME, 1);
+}
+
+static void
+shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	fsb_shared = ShmemInitStruct(FSB_EXTENSION_NAME, sizeof(FsbSharedState), &found);
+	if (!found)
+	{
+		memset(fsb_shared, 0, sizeof(FsbSharedState));
+		fsb_shared->lock = &(GetNamedLWLockTranche(FSB_EXTENSION_NAME))->lock;
+		fsb_shared->worker_procno = -1;
+		ConditionVariableInit(&fsb_shared->answer_cv);
+		for (int i = 0; i < FSB_NUM_COUNTERS; i++)
+			pg_atomic_init_u64(&fsb_shared->counters[i], 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+void
+fsb_shared_state_request(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shmem_startup;
+}
+
+bool
+fsb_shared_state_available(void)
+{
+	return fsb_shared != NULL;
+}
+
+/*
+ * Sets the worker's latch.  Reading worker_procno without the lock is fine:
+ * an int read is atomic, and a stale value at worst wakes a process that has
+ * since exited, whose latch wakes are harmless.
+ */
+void
+fsb_wake_worker(void)
+{
+	int			procno;
+
+	if (fsb_shared == NULL)
+		return;
+	procno = fsb_shared->worker_procno;
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+void
+fsb_count(FsbCounter counter, uint64 amount)
+{
+	if (fsb_shared != NULL)
+		pg_atomic_fetch_add_u64(&fsb_shared->counters[counter], amount);
+}
+
+/*
+ * Keeps a log row for the worker to write in its own transaction.  Used when
+ * the caller's transaction is about to roll back but the attempt must stay on
+ * record (a forged webhook).  Returns false when the buffer is full or there
+ * is no shared memory; the caller then still raises its error.
+ */
+bool
+fsb_defer_log(const char *event_type, const char *error, const char *detail)
+{
+	bool		stored = false;
+
+	if (fsb_shared == NULL)
+		return false;
+
+	LWLockAcquire(fsb_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < FSB_DEFERRED_LOGS; i++)
+	{
+		DeferredLogEntry *entry = &fsb_shared->deferred_logs[i];
+
+		if (entry->used)
+			continue;
+		strlcpy(entry->event_type, event_type, sizeof(entry->event_type));
+		strlcpy(entry->error, error ? error : "", sizeof(entry->error));
+		strlcpy(entry->detail, detail ? detail : "", sizeof(entry->detail));
+		entry->used = true;
+		stored = true;
+		break;
+	}
+	LWLockRelease(fsb_shared->lock);
+
+	if (stored)
+		fsb_wake_worker();
+	return stored;
+}
