@@ -302,7 +302,7 @@ CREATE VIEW @extschema@.freescout_queue AS
  */
 CREATE FUNCTION @extschema@.freescout_setting_bool(name text, fallback boolean) RETURNS boolean
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT COALESCE(pg_catalog.nullif(pg_catalog.current_setting(name, true), '')::boolean, fallback)
+    SELECT COALESCE(NULLIF(pg_catalog.current_setting(name, true), '')::boolean, fallback)
 $$;
 
 DO $triggers$
@@ -327,7 +327,7 @@ CREATE FUNCTION @extschema@.freescout_alerts_inserted() RETURNS trigger
 DECLARE
     on_alert boolean := @extschema@.freescout_setting_bool('freescout.auto_create_on_alert', true);
     on_incident boolean := @extschema@.freescout_setting_bool('freescout.auto_create_on_incident', true);
-    min_severity integer := COALESCE(pg_catalog.nullif(pg_catalog.current_setting('freescout.auto_create_severity_min', true), '')::integer, 3);
+    min_severity integer := COALESCE(NULLIF(pg_catalog.current_setting('freescout.auto_create_severity_min', true), '')::integer, 3);
     queued bigint;
 BEGIN
     IF NOT @extschema@.freescout_setting_bool('freescout.enabled', true) THEN
@@ -452,3 +452,18 @@ REVOKE ALL ON FUNCTION
     @extschema@.freescout_alerts_inserted(), @extschema@.freescout_alert_changed(),
     @extschema@.freescout_incidents_inserted(), @extschema@.freescout_incident_changed()
     FROM PUBLIC;
+
+/*
+ * The triggers sit on the SIEM's tables, which are not ours, so PostgreSQL
+ * does not count them as part of the extension and a plain DROP EXTENSION
+ * would refuse to drop their functions.  An automatic dependency on the
+ * extension lets DROP EXTENSION remove the triggers (and only them).
+ */
+INSERT INTO pg_catalog.pg_depend (classid, objid, objsubid, refclassid, refobjid, refobjsubid, deptype)
+SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass, t.oid, 0,
+       'pg_catalog.pg_extension'::pg_catalog.regclass, e.oid, 0, 'a'
+  FROM pg_catalog.pg_trigger t, pg_catalog.pg_extension e
+ WHERE e.extname = 'freescout_bridge'
+   AND t.tgrelid IN ('@extschema@.alerts'::pg_catalog.regclass, '@extschema@.incidents'::pg_catalog.regclass)
+   AND t.tgname IN ('freescout_alerts_inserted', 'freescout_alert_changed',
+                    'freescout_incidents_inserted', 'freescout_incident_changed');

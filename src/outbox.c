@@ -405,13 +405,19 @@ outbox_claim(int limit, List *busy, MemoryContext jobs_cxt)
 	return jobs;
 }
 
+/*
+ * When the next pending job falls due.  With future_only, jobs already due
+ * are left out: the caller just claimed all it could, so those wait for a
+ * job on the same target to finish, which wakes the worker anyway.
+ */
 TimestampTz
-outbox_next_due(void)
+outbox_next_due(bool future_only)
 {
 	bool		isnull;
 	Datum		d;
 
-	run(sql("SELECT min(due_at) FROM %s.freescout_outbox WHERE state = 'pending'", schema),
+	run(sql("SELECT min(due_at) FROM %s.freescout_outbox WHERE state = 'pending'%s",
+			schema, future_only ? " AND due_at > now()" : ""),
 		0, NULL, NULL, NULL, SPI_OK_SELECT);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? 0 : DatumGetTimestampTz(d);

@@ -94,7 +94,7 @@ extern const char *outbox_schema(void);
 extern int	outbox_recover_inflight(void);
 extern List *outbox_claim(int limit, List *busy_targets, MemoryContext jobs_cxt);
 extern void outbox_record(List *finished);
-extern TimestampTz outbox_next_due(void);
+extern TimestampTz outbox_next_due(bool future_only);
 extern int64 outbox_queue_ticket_request(char target_kind, int64 target_id,
 										 int64 *existing_ticket);
 extern void outbox_write_deferred_logs(void);

@@ -442,12 +442,13 @@ database_pass(TimestampTz now)
 		if (ws.finished != NIL)
 			outbox_record(ws.finished);
 		accept_ticket_requests();
+		ws.more_due = false;
 		if (capacity > 0 && !ws.recovery_needed)
 		{
 			claimed = outbox_claim(capacity, ws.running, ws.jobs_cxt);
 			ws.more_due = list_length(claimed) >= capacity;
 		}
-		ws.next_due = outbox_next_due();
+		ws.next_due = outbox_next_due(capacity > 0 && !ws.more_due);
 		sync_database_step(now);
 	}
 	outbox_end();
