@@ -1,6 +1,7 @@
 # freescout_bridge: a PGXS build.  `make && make install`, then `make installcheck`
 # runs the regression suite in a temporary instance with the worker preloaded
-# (see test/regress.conf) and the TAP tests in test/t.
+# (test/regress.conf), against the FreeScout simulator that test/run starts.
+# test/run is the whole suite; it is what README.md and CI call.
 
 EXTENSION    = freescout_bridge
 MODULE_big   = freescout_bridge
@@ -18,8 +19,6 @@ SHLIB_LINK   = -lcurl -lcjson -lcrypto
 REGRESS      = setup contract schema settings render outbound incidents manual \
                webhook sync security
 REGRESS_OPTS = --temp-instance=tmp_check --temp-config=test/regress.conf
-TAP_TESTS    = 1
-PROVE_TESTS  = test/t/*.pl
 
 EXTRA_CLEAN  = results tmp_check log regression.diffs regression.out
 
@@ -29,3 +28,7 @@ override with_llvm = no
 PG_CONFIG   ?= pg_config
 PGXS        := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS tracks no header dependencies; a stale object with an old struct
+# layout in shared memory is a crash waiting to happen.
+$(OBJS): $(wildcard src/*.h)

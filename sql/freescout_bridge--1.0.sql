@@ -69,7 +69,11 @@ CREATE TABLE @extschema@.freescout_tickets (
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at       timestamptz,
     synced_at        timestamptz,
-    freescout_updated_at timestamptz,   -- FreeScout's updatedAt last applied here
+    -- The FreeScout state last applied: updatedAt has whole seconds only, so
+    -- the newest thread id (status changes add lineitem threads) orders
+    -- two changes made within one second.
+    freescout_updated_at timestamptz,
+    freescout_last_thread_id bigint,
     CONSTRAINT ticket_alert_or_incident CHECK (
         (alert_id IS NOT NULL AND incident_id IS NULL) OR
         (alert_id IS NULL AND incident_id IS NOT NULL))

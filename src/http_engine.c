@@ -291,6 +291,16 @@ http_submit(HttpRequest *req)
 		}
 		else if (strcmp(req->method, "GET") == 0)
 			curl_easy_setopt(easy, CURLOPT_HTTPGET, 1L);
+		/*
+		 * When a reused keep-alive connection dies before any answer,
+		 * libcurl silently sends the request again on a new one.  For a
+		 * POST that can create a second conversation or note behind our
+		 * back, defeating the lookup-before-create.  Non-idempotent
+		 * requests therefore always take a fresh connection, so a failure
+		 * reaches us; GET and PUT keep reusing connections.
+		 */
+		if (strcmp(req->method, "POST") == 0)
+			curl_easy_setopt(easy, CURLOPT_FRESH_CONNECT, 1L);
 		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, t->headers);
 		curl_easy_setopt(easy, CURLOPT_USERAGENT, USER_AGENT);
 		curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, fsb_allow_http ? "http,https" : "https");
@@ -351,6 +361,22 @@ rebuild_wait_set(void)
 	watch_changed = false;
 }
 
+/*
+ * curl's message without its timing ("... after 0 ms: ..."), so that one
+ * failure always reads the same in logs and errors.
+ */
+static char *
+transport_error_text(const char *errbuf, CURLcode code)
+{
+	const char *text = errbuf[0] ? errbuf : curl_easy_strerror(code);
+	const char *after = strstr(text, " after ");
+	const char *ms = after ? strstr(after, " ms") : NULL;
+
+	if (after && ms && ms - after < 20)
+		return psprintf("%.*s%s", (int) (after - text), text, ms + 3);
+	return pstrdup(text);
+}
+
 static bool
 transport_error_may_have_delivered(CURLcode code, CURL *easy)
 {
@@ -407,7 +433,7 @@ complete_transfer(CURL *easy, CURLcode code)
 		if (code != CURLE_OK)
 			req->error = t->overflow ?
 				psprintf("response larger than %d bytes", MAX_RESPONSE_BYTES) :
-				psprintf("%s", t->errbuf[0] ? t->errbuf : curl_easy_strerror(code));
+				transport_error_text(t->errbuf, code);
 		MemoryContextSwitchTo(oldcxt);
 	}
 	PG_FINALLY();

@@ -538,10 +538,26 @@ record_ticket(OutboxJob *job)
 			" WHERE %3$s = $3 AND freescout_ticket_id IS DISTINCT FROM $1",
 			schema, job->target_kind == 'a' ? "alerts" : "incidents", target_col),
 		5, types, values, NULL, SPI_OK_UPDATE);
-	if (job->target_kind == 'i' && alerts_have_incident)
+	/*
+	 * Link the alerts the body lists.  An alert that joined after the body
+	 * was rendered keeps its own link job, which says so in a note.
+	 */
+	if (job->target_kind == 'i' && job->content && job->content->n_member_alerts > 0)
+	{
+		Datum	   *members = palloc(sizeof(Datum) * job->content->n_member_alerts);
+		Oid			link_types[2] = {INT4OID, INT8ARRAYOID};
+		Datum		link_values[2];
+
+		for (int i = 0; i < job->content->n_member_alerts; i++)
+			members[i] = Int64GetDatum(job->content->member_alerts[i]);
+		link_values[0] = Int32GetDatum((int32) ticket_id);
+		link_values[1] = PointerGetDatum(construct_array(members, job->content->n_member_alerts,
+														 INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+														 TYPALIGN_DOUBLE));
 		run(sql("UPDATE %s.alerts SET freescout_ticket_id = $1 "
-				" WHERE incident_id = $3 AND freescout_ticket_id IS NULL", schema),
-			5, types, values, NULL, SPI_OK_UPDATE);
+				" WHERE alert_id = ANY($2) AND freescout_ticket_id IS NULL", schema),
+			2, link_types, link_values, NULL, SPI_OK_UPDATE);
+	}
 
 	enqueue_follow_up(job, "tags");
 	if (fsb_custom_fields && fsb_custom_fields[0] != '\0')

@@ -181,9 +181,14 @@ render_incident_body(StringInfo out, const cJSON *row, TicketContent *c)
 	{
 		appendStringInfo(out, "<h3>Correlated alerts (%d)</h3>\n<ul>\n",
 						 cJSON_GetArraySize(alerts));
+		c->member_alerts = palloc(sizeof(int64) * cJSON_GetArraySize(alerts));
 		cJSON_ArrayForEach(alert, alerts)
 		{
 			char	   *sev = field_text(alert, "severity");
+			int64		member_id;
+
+			if (fsb_json_int64(alert, "alert_id", &member_id))
+				c->member_alerts[c->n_member_alerts++] = member_id;
 
 			appendStringInfoString(out, "<li>#");
 			render_escape_html(out, field_text(alert, "alert_id") ? field_text(alert, "alert_id") : "?");

@@ -21,6 +21,8 @@ typedef struct TicketContent
 	int			severity;		/* 0 when unknown */
 	char	   *computer;		/* NULL when absent */
 	char	   *mitre_tactic;	/* NULL when absent */
+	int64	   *member_alerts;	/* incident: the alerts its body lists */
+	int			n_member_alerts;
 } TicketContent;
 
 extern TicketContent *render_ticket(char target_kind, int64 target_id,

@@ -226,7 +226,7 @@ define_settings(void)
 							"Largest webhook body freescout_webhook() accepts.",
 							NULL,
 							&fsb_webhook_max_bytes, 1024 * 1024, 1024, 64 * 1024 * 1024,
-							PGC_SIGHUP, GUC_UNIT_BYTE,
+							PGC_SUSET, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("freescout");

@@ -50,6 +50,8 @@ typedef struct SyncRun
 	char	   *error;			/* why fetching stopped, or NULL */
 	uint64		generation;		/* request generation this run answers */
 	TimestampTz next_at;		/* next periodic run */
+	bool		result_pending; /* applied; publish once committed */
+	char		result[FSB_MESSAGE_LEN];
 } SyncRun;
 
 static SyncRun run;
@@ -157,14 +159,30 @@ push_missed_changes(void)
 	return pushed;
 }
 
-static void
-publish_result(const char *json)
+/*
+ * After the pass that applied the run has committed: only then may a
+ * waiting freescout_sync() return, or its caller would not see the changes.
+ */
+void
+sync_publish_result(void)
 {
+	if (!run.result_pending)
+		return;
 	LWLockAcquire(fsb_shared->lock, LW_EXCLUSIVE);
-	strlcpy(fsb_shared->sync_result, json, sizeof(fsb_shared->sync_result));
+	strlcpy(fsb_shared->sync_result, run.result, sizeof(fsb_shared->sync_result));
 	if (run.generation > fsb_shared->sync_completed)
 		fsb_shared->sync_completed = run.generation;
 	LWLockRelease(fsb_shared->lock);
+	run.result_pending = false;
+	ConditionVariableBroadcast(&fsb_shared->answer_cv);
+}
+
+/* The pass that applied the run failed: its changes are gone, so is the run. */
+void
+sync_forget_result(void)
+{
+	run.result_pending = false;
+	run.step = SYNC_IDLE;
 }
 
 /* Step 3: apply every fetched conversation, in the pass's transaction. */
@@ -234,7 +252,8 @@ apply(void)
 		elog(ERROR, "could not log the sync run");
 
 	fsb_count(FSB_C_SYNC_RUNS, 1);
-	publish_result(result);
+	strlcpy(run.result, result, sizeof(run.result));
+	run.result_pending = true;
 	run.step = SYNC_IDLE;
 	run.next_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), fsb_sync_interval * 1000L);
 	MemoryContextReset(run.cxt);

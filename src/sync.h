@@ -17,5 +17,7 @@ extern HttpRequest *sync_first_request(void);
 extern bool sync_owns(const HttpRequest *req);
 extern HttpRequest *sync_on_response(HttpRequest *req);
 extern void sync_abort_fetch(const char *why);
+extern void sync_publish_result(void);
+extern void sync_forget_result(void);
 
 #endif

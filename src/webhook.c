@@ -165,6 +165,7 @@ typedef struct TicketRow
 	int64		incident_id;
 	char	   *status;
 	char	   *updated_at;		/* FreeScout's updatedAt we applied, text */
+	int64		last_thread_id; /* newest thread id we applied */
 	int64		assignee_id;
 } TicketRow;
 
@@ -200,7 +201,7 @@ find_ticket(int64 conversation_id, TicketRow *t)
 
 	/* the row lock serialises two deliveries for one conversation */
 	spi_run(psprintf("SELECT ticket_id, alert_id, incident_id, status, "
-					 "freescout_updated_at::text, assignee_id "
+					 "freescout_updated_at::text, assignee_id, freescout_last_thread_id "
 					 "FROM %s.freescout_tickets WHERE freescout_id = $1 FOR UPDATE", schema_q),
 			1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -217,27 +218,53 @@ find_ticket(int64 conversation_id, TicketRow *t)
 	t->assignee_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
 	if (isnull)
 		t->assignee_id = 0;
+	t->last_thread_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+	if (isnull)
+		t->last_thread_id = 0;
 	return true;
 }
 
-/* Is `updated_at` (FreeScout's, ISO text) older than what we applied? */
+/*
+ * Is this snapshot older than what we applied?  FreeScout's updatedAt has
+ * whole seconds, so within one second the newest thread id decides: every
+ * change (reply, note, status, assignment) adds a thread.
+ */
 static bool
-is_stale(const TicketRow *t, const char *updated_at)
+is_stale(const TicketRow *t, const char *updated_at, int64 last_thread_id)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, INT8OID};
+	Datum		values[4];
 	char	   *result;
 
 	if (updated_at == NULL || t->updated_at == NULL)
 		return false;
 	values[0] = CStringGetTextDatum(updated_at);
 	values[1] = CStringGetTextDatum(t->updated_at);
+	values[2] = Int64GetDatum(last_thread_id);
+	values[3] = Int64GetDatum(t->last_thread_id);
 	/* a malformed date is treated as not stale rather than rejected */
 	spi_run("SELECT CASE WHEN $1 ~ '^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?(Z|[+-]\\d\\d:?\\d\\d)$' "
-			"THEN $1::timestamptz < $2::timestamptz ELSE false END",
-			2, types, values, NULL, SPI_OK_SELECT);
+			"THEN ($1::timestamptz, $3) < ($2::timestamptz, $4) ELSE false END",
+			4, types, values, NULL, SPI_OK_SELECT);
 	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	return result && result[0] == 't';
+}
+
+/* The newest thread id in a snapshot, lineitems included; 0 if none. */
+static int64
+newest_thread_id(const cJSON *threads)
+{
+	const cJSON *thread;
+	int64		newest = 0;
+
+	cJSON_ArrayForEach(thread, threads)
+	{
+		int64		id;
+
+		if (fsb_json_int64(thread, "id", &id) && id > newest)
+			newest = id;
+	}
+	return newest;
 }
 
 /*
@@ -294,11 +321,12 @@ apply_status(const TicketRow *t, const char *fs_status)
 
 static void
 update_ticket(const TicketRow *t, const char *status, const char *updated_at,
-			  bool set_assignee, int64 assignee_id, const char *assignee_name)
+			  int64 last_thread_id, bool set_assignee, int64 assignee_id,
+			  const char *assignee_name)
 {
-	Oid			types[6] = {INT4OID, TEXTOID, TEXTOID, BOOLOID, INT4OID, TEXTOID};
-	Datum		values[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			types[7] = {INT4OID, TEXTOID, TEXTOID, BOOLOID, INT4OID, TEXTOID, INT8OID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	values[0] = Int32GetDatum((int32) t->ticket_id);
 	values[1] = status ? CStringGetTextDatum(status) : (Datum) 0;
@@ -310,15 +338,18 @@ update_ticket(const TicketRow *t, const char *status, const char *updated_at,
 	nulls[4] = assignee_id ? ' ' : 'n';
 	values[5] = assignee_name ? CStringGetTextDatum(assignee_name) : (Datum) 0;
 	nulls[5] = assignee_name ? ' ' : 'n';
+	values[6] = Int64GetDatum(last_thread_id);
+	/* the caller checked the snapshot is not stale: it is the newest */
 	spi_run(psprintf("UPDATE %s.freescout_tickets SET "
 					 " status = COALESCE($2, status), "
 					 " freescout_updated_at = CASE WHEN $3 ~ '^\\d{4}-\\d\\d-\\d\\dT' "
-					 "   THEN GREATEST(freescout_updated_at, $3::timestamptz) ELSE freescout_updated_at END, "
+					 "   THEN $3::timestamptz ELSE freescout_updated_at END, "
+					 " freescout_last_thread_id = GREATEST(freescout_last_thread_id, NULLIF($7, 0)), "
 					 " assignee_id = CASE WHEN $4 THEN $5 ELSE assignee_id END, "
 					 " assignee_name = CASE WHEN $4 THEN $6 ELSE assignee_name END, "
 					 " updated_at = now(), synced_at = now() "
 					 "WHERE ticket_id = $1", schema_q),
-			6, types, values, nulls, SPI_OK_UPDATE);
+			7, types, values, nulls, SPI_OK_UPDATE);
 }
 
 /* Our own threads come back in webhooks: recognise them by their markers. */
@@ -439,16 +470,23 @@ apply_snapshot(ConversationState *snap)
 	TicketRow  *t = &snap->ticket;
 	WebhookResult *result = snap->result;
 
-	result->stale = is_stale(t, snap->updated_at);
+	int64		last_thread_id = newest_thread_id(snap->threads);
+
+	result->stale = is_stale(t, snap->updated_at, last_thread_id);
 	if (!result->stale)
 	{
-		if (snap->status)
-			result->siem_rows_changed = apply_status(t, snap->status);
+		/*
+		 * Only a change of the FreeScout status moves the SIEM status.  A
+		 * status FreeScout merely still has says nothing new: the SIEM may
+		 * have changed since, and that change is on its way out.
+		 */
 		result->status_changed = snap->status &&
 			(t->status == NULL || strcmp(snap->status, t->status) != 0);
+		if (result->status_changed)
+			result->siem_rows_changed = apply_status(t, snap->status);
 		result->assignee_changed = snap->assignee_given && snap->assignee_id != t->assignee_id;
-		update_ticket(t, snap->status, snap->updated_at, snap->assignee_given,
-					  snap->assignee_id, snap->assignee_name);
+		update_ticket(t, snap->status, snap->updated_at, last_thread_id,
+					  snap->assignee_given, snap->assignee_id, snap->assignee_name);
 	}
 	if (cJSON_IsArray(snap->threads))
 		result->notes_added += apply_threads(t, snap->threads);
@@ -644,12 +682,16 @@ freescout_webhook(PG_FUNCTION_ARGS)
 		reject("webhook_rejected", ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
 			   "webhook rejected: no webhook secret is configured",
 			   NULL, "Set freescout.webhook_secret to FreeScout's webhook Secret Key and reload.");
+	if (signature == NULL || signature[0] == '\0')
+		reject("webhook_rejected", ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
+			   "FreeScout webhook signature is missing", NULL,
+			   "Pass the X-FreeScout-Signature header of the request.");
 	if (!webhook_signature_valid(body, body_len, signature, fsb_webhook_secret, &scheme))
 		reject("webhook_rejected", ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
 			   "invalid FreeScout webhook signature",
-			   psprintf("%s signature (%s) does not match the body of %zu bytes.",
-						signature == NULL || signature[0] == '\0' ? "A missing" : "The",
-						scheme, body_len),
+			   strcmp(scheme, "none") == 0 ?
+			   "The signature is neither base64 HMAC-SHA1 (28 characters) nor hex HMAC-SHA256 (64 digits)." :
+			   psprintf("The %s signature does not match the body of %zu bytes.", scheme, body_len),
 			   "Pass the X-FreeScout-Signature header and the raw, unmodified request body; "
 			   "check that freescout.webhook_secret matches FreeScout's Secret Key.");
 

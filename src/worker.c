@@ -455,6 +455,7 @@ database_pass(TimestampTz now)
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	answer_ticket_requests();
+	sync_publish_result();
 	drop_finished();
 	ws.last_pass = now;
 	ws.wake = false;
@@ -489,6 +490,7 @@ database_pass_guarded(TimestampTz now)
 		ws.error_backoff_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ERROR_PAUSE_MS);
 		/* rows we marked inflight may now be orphaned: re-queue them later */
 		ws.recovery_needed = true;
+		sync_forget_result();
 		drop_finished();
 	}
 	PG_END_TRY();

@@ -1,0 +1,39 @@
+-- Nothing is granted to PUBLIC; secrets stay with superusers.
+CREATE ROLE siem_api LOGIN;
+SET ROLE siem_api;
+SHOW freescout.api_key;
+SELECT current_setting('freescout.webhook_secret');
+SELECT count(*) FROM freescout_tickets;
+SELECT count(*) FROM freescout_outbox;
+SELECT * FROM freescout_create_ticket(202);
+SELECT freescout_webhook('{}', 'x', 'convo.status');
+RESET ROLE;
+
+-- What the SIEM backend needs is granted explicitly.
+GRANT EXECUTE ON FUNCTION freescout_create_ticket(bigint), freescout_webhook(text, text, text) TO siem_api;
+SET ROLE siem_api;
+SELECT alert_id FROM freescout_create_ticket(202);
+RESET ROLE;
+REVOKE ALL ON FUNCTION freescout_create_ticket(bigint), freescout_webhook(text, text, text) FROM siem_api;
+DROP ROLE siem_api;
+
+-- PUBLIC holds no privilege on any object of the extension.
+SELECT count(*) AS public_grants FROM (
+    SELECT (aclexplode(relacl)).grantee FROM pg_class WHERE relname LIKE 'freescout%'
+    UNION ALL
+    SELECT (aclexplode(proacl)).grantee FROM pg_proc WHERE proname LIKE 'freescout%') g
+ WHERE grantee = 0;
+SELECT proname FROM pg_proc WHERE proname LIKE 'freescout%' AND proacl IS NULL ORDER BY 1;
+
+-- SECURITY DEFINER functions pin their search_path.
+SELECT proname, proconfig FROM pg_proc
+ WHERE proname LIKE 'freescout%' AND prosecdef ORDER BY 1;
+
+-- The API key and the webhook secret appear in no table the bridge writes.
+SELECT count(*) AS leaks FROM freescout_sync_log
+ WHERE payload::text ~ 'd5008ed483982d9b79d908b1bc97761e|94b2eb8ab4323a9ad12989f5aaa7c7d2'
+    OR error_message ~ 'd5008ed483982d9b79d908b1bc97761e|94b2eb8ab4323a9ad12989f5aaa7c7d2';
+SELECT count(*) AS leaks FROM freescout_outbox
+ WHERE coalesce(payload::text, '') || coalesce(last_error, '') ~ 'd5008ed483982d9b79d908b1bc97761e';
+-- nor in what reached FreeScout other than the key header itself
+\! /usr/bin/python3 test/simctl.py requests | grep -c d5008ed483982d9b79d908b1bc97761e
