@@ -238,8 +238,17 @@ class Cluster:
                         "WHERE backend_type = 'freescout_bridge worker'", dbname="postgres")
         return rows[0][0] if rows else None
 
+    def reachable(self):
+        try:
+            self.connect("postgres").close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
     def wait_for_worker(self, timeout=30):
-        return wait_until(self.worker_pid, timeout=timeout, what="freescout_bridge worker")
+        """The worker's pid, once the server accepts connections and it runs."""
+        return wait_until(lambda: self.reachable() and self.worker_pid(), timeout=timeout,
+                          what="freescout_bridge worker")
 
     def wait_queue_empty(self, timeout=60):
         """Waits until the outbox holds no pending or in-flight job."""
