@@ -8,7 +8,7 @@ MODULE_big   = freescout_bridge
 OBJS         = src/settings.o src/shared_state.o src/worker.o src/http_engine.o \
                src/freescout_api.o src/delivery.o src/outbox.o src/enqueue.o \
                src/render.o src/ticket_request.o src/webhook.o src/metrics.o \
-               src/json_util.o src/catalog.o src/sync.o
+               src/json_util.o src/sql_helpers.o src/sync.o
 DATA         = sql/freescout_bridge--1.0.sql
 PGFILEDESC   = "freescout_bridge - SIEM to FreeScout helpdesk bridge"
 

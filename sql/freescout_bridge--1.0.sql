@@ -205,6 +205,13 @@ CREATE FUNCTION @extschema@.freescout_webhook(body text, signature text, event t
 COMMENT ON FUNCTION @extschema@.freescout_webhook(text, text, text) IS
     'Verifies and applies one FreeScout webhook (raw body, X-FreeScout-Signature, X-FreeScout-Event).';
 
+CREATE FUNCTION @extschema@.freescout_webhook(body bytea, signature text, event text DEFAULT NULL)
+    RETURNS jsonb
+    LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'freescout_webhook_bytes';
+COMMENT ON FUNCTION @extschema@.freescout_webhook(bytea, text, text) IS
+    'freescout_webhook() for the raw body bytes as received (checked for UTF-8 here).';
+
 CREATE FUNCTION @extschema@.freescout_sync() RETURNS jsonb
     LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
     AS 'MODULE_PATHNAME', 'freescout_sync';
@@ -219,55 +226,52 @@ CREATE FUNCTION @extschema@.freescout_metrics(OUT metric text, OUT value bigint)
 -- SQL entry points
 ------------------------------------------------------------------------------
 
-CREATE FUNCTION @extschema@.freescout_add_note(alert_id bigint, note text, author text DEFAULT NULL)
+/*
+ * A note written in the SIEM: kept in the work log and queued for FreeScout
+ * as a note thread.  One body serves alerts and incidents.
+ */
+CREATE FUNCTION @extschema@.freescout_queue_note(target_alert bigint, target_incident bigint,
+                                                 note text, author text)
     RETURNS bigint
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_id bigint;
+    v_ticket integer;
 BEGIN
     IF note IS NULL OR pg_catalog.btrim(note) = '' THEN
         RAISE EXCEPTION 'a note needs text' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.alerts a WHERE a.alert_id = freescout_add_note.alert_id) THEN
-        RAISE EXCEPTION 'alert % does not exist', freescout_add_note.alert_id
-            USING ERRCODE = 'no_data_found', HINT = 'Pass the alert_id of an existing alert.';
+    IF target_alert IS NOT NULL THEN
+        SELECT COALESCE(a.freescout_ticket_id, 0) INTO v_ticket
+          FROM @extschema@.alerts a WHERE a.alert_id = target_alert;
+    ELSE
+        SELECT COALESCE(i.freescout_ticket_id, 0) INTO v_ticket
+          FROM @extschema@.incidents i WHERE i.incident_id = target_incident;
     END IF;
-    INSERT INTO @extschema@.freescout_worklog (alert_id, ticket_id, direction, thread_type, author, body)
-    SELECT freescout_add_note.alert_id, t.ticket_id, 'to_freescout', 'note', author, note
-      FROM (SELECT NULL) AS dummy
-      LEFT JOIN @extschema@.freescout_tickets t ON t.alert_id = freescout_add_note.alert_id
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% % does not exist', CASE WHEN target_alert IS NULL THEN 'incident' ELSE 'alert' END,
+                        COALESCE(target_alert, target_incident)
+            USING ERRCODE = 'no_data_found', HINT = 'Pass the id of an existing alert or incident.';
+    END IF;
+    INSERT INTO @extschema@.freescout_worklog (alert_id, incident_id, ticket_id, direction, thread_type, author, body)
+    VALUES (target_alert, target_incident, NULLIF(v_ticket, 0), 'to_freescout', 'note', author, note)
     RETURNING worklog_id INTO v_id;
-    INSERT INTO @extschema@.freescout_outbox (kind, alert_id, payload)
-    VALUES ('note', freescout_add_note.alert_id, pg_catalog.jsonb_build_object('worklog_id', v_id));
+    INSERT INTO @extschema@.freescout_outbox (kind, alert_id, incident_id, payload)
+    VALUES ('note', target_alert, target_incident, pg_catalog.jsonb_build_object('worklog_id', v_id));
     PERFORM @extschema@.freescout_wake_at_commit();
     RETURN v_id;
 END
 $$;
 
+CREATE FUNCTION @extschema@.freescout_add_note(alert_id bigint, note text, author text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    RETURN @extschema@.freescout_queue_note(alert_id, NULL, note, author);
+
 CREATE FUNCTION @extschema@.freescout_add_incident_note(incident_id bigint, note text, author text DEFAULT NULL)
     RETURNS bigint
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    v_id bigint;
-BEGIN
-    IF note IS NULL OR pg_catalog.btrim(note) = '' THEN
-        RAISE EXCEPTION 'a note needs text' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.incidents i WHERE i.incident_id = freescout_add_incident_note.incident_id) THEN
-        RAISE EXCEPTION 'incident % does not exist', freescout_add_incident_note.incident_id
-            USING ERRCODE = 'no_data_found', HINT = 'Pass the incident_id of an existing incident.';
-    END IF;
-    INSERT INTO @extschema@.freescout_worklog (incident_id, ticket_id, direction, thread_type, author, body)
-    SELECT freescout_add_incident_note.incident_id, t.ticket_id, 'to_freescout', 'note', author, note
-      FROM (SELECT NULL) AS dummy
-      LEFT JOIN @extschema@.freescout_tickets t ON t.incident_id = freescout_add_incident_note.incident_id
-    RETURNING worklog_id INTO v_id;
-    INSERT INTO @extschema@.freescout_outbox (kind, incident_id, payload)
-    VALUES ('note', freescout_add_incident_note.incident_id, pg_catalog.jsonb_build_object('worklog_id', v_id));
-    PERFORM @extschema@.freescout_wake_at_commit();
-    RETURN v_id;
-END
-$$;
+    LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    RETURN @extschema@.freescout_queue_note(NULL, incident_id, note, author);
 
 -- Dead-lettered jobs back into the queue, e.g. after fixing the API key.
 CREATE FUNCTION @extschema@.freescout_retry_dead() RETURNS bigint
@@ -449,8 +453,10 @@ REVOKE ALL ON TABLE @extschema@.freescout_tickets, @extschema@.freescout_sync_lo
 REVOKE ALL ON FUNCTION
     @extschema@.freescout_wake_at_commit(), @extschema@.freescout_applying_remote(),
     @extschema@.freescout_create_ticket(bigint), @extschema@.freescout_create_incident_ticket(bigint),
-    @extschema@.freescout_webhook(text, text, text), @extschema@.freescout_sync(),
+    @extschema@.freescout_webhook(text, text, text), @extschema@.freescout_webhook(bytea, text, text),
+    @extschema@.freescout_sync(),
     @extschema@.freescout_metrics(), @extschema@.freescout_add_note(bigint, text, text),
+    @extschema@.freescout_queue_note(bigint, bigint, text, text),
     @extschema@.freescout_add_incident_note(bigint, text, text), @extschema@.freescout_retry_dead(),
     @extschema@.freescout_setting_bool(text, boolean),
     @extschema@.freescout_alerts_inserted(), @extschema@.freescout_alert_changed(),

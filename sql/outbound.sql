@@ -10,7 +10,7 @@ SELECT a.alert_id, t.ticket_id IS NOT NULL AS has_ticket, a.freescout_ticket_id 
 
 -- Every call is logged: direction, event, status, latency, success; no secret.
 SELECT direction, event_type, http_status, success, latency_ms > 0 AS timed, error_message,
-       payload - 'attempt' AS payload
+       payload ->> 'method' AS method, regexp_replace(payload ->> 'path', '/\d+', '/N') AS path
   FROM freescout_sync_log WHERE alert_id = 203 ORDER BY log_id;
 
 -- The insert path queues nothing below the threshold, or when switched off.

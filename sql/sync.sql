@@ -24,3 +24,13 @@ SELECT freescout_sync() ->> 'pushed' AS pushed;
 SELECT wait_for($$(SELECT status = 'closed' FROM freescout_tickets WHERE alert_id = 211)$$) AS pushed_to_freescout;
 \! /usr/bin/python3 test/simctl.py show alert:211 | sed -n 3p
 SELECT last_result - 'pages' - 'checked' AS last_result FROM freescout_sync_state;
+
+-- A SIEM status with no FreeScout mapping is logged, never silently dropped.
+UPDATE alerts SET status = 'escalated_to_ir' WHERE alert_id = 210;
+SELECT wait_for($$NOT EXISTS (SELECT 1 FROM freescout_outbox WHERE alert_id = 210)$$);
+SELECT event_type, success, error_message, payload->>'method' AS method FROM freescout_sync_log
+ WHERE alert_id = 210 AND event_type = 'status_change' ORDER BY log_id DESC LIMIT 1;
+INSERT INTO freescout_status_map VALUES ('escalated_to_ir', 'pending');
+UPDATE alerts SET status = 'resolved' WHERE alert_id = 210;
+UPDATE alerts SET status = 'escalated_to_ir' WHERE alert_id = 210;
+SELECT wait_for($$(SELECT status = 'pending' FROM freescout_tickets WHERE alert_id = 210)$$) AS mapped_now;

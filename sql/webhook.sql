@@ -72,11 +72,17 @@ SELECT freescout_webhook(:'closed_body', NULL, 'convo.status');
 SELECT freescout_webhook(:'closed_body', encode(hmac(:'closed_body', 'wrong-secret', 'sha1'), 'base64'), 'convo.status');
 SELECT encode(hmac('{"id": 1, "status": ', '94b2eb8ab4323a9ad12989f5aaa7c7d2', 'sha1'), 'base64') AS s \gset
 SELECT freescout_webhook('{"id": 1, "status": ', :'s', 'convo.status');
+-- raw bytes that are not UTF-8 are refused before any parsing
+SELECT encode(hmac('\xff7b7d'::bytea, '94b2eb8ab4323a9ad12989f5aaa7c7d2', 'sha1'), 'base64') AS s \gset
+SELECT freescout_webhook('\xff7b7d'::bytea, :'s', 'convo.status');
+-- and valid bytes work like text
+SELECT encode(hmac(convert_to(:'closed_body', 'UTF8'), '94b2eb8ab4323a9ad12989f5aaa7c7d2', 'sha1'), 'base64') AS s \gset
+SELECT freescout_webhook(convert_to(:'closed_body', 'UTF8'), :'s', 'convo.status') ->> 'stale' AS stale_via_bytes;
 SET freescout.webhook_max_bytes = 1024;
 SELECT freescout_webhook(repeat(' ', 2000) || '{}', 'x', 'convo.status');
 SELECT status FROM alerts WHERE alert_id = 202;
 -- the rejected attempts are on record although their transactions rolled back
 SELECT wait_for(format($$(SELECT count(*) FROM freescout_sync_log WHERE direction = 'from_freescout'
-                          AND NOT success) >= %s + 5$$, :log_rows_before)) AS rejections_logged;
+                          AND NOT success) >= %s + 6$$, :log_rows_before)) AS rejections_logged;
 SELECT event_type, error_message FROM freescout_sync_log
- WHERE direction = 'from_freescout' AND NOT success ORDER BY log_id DESC LIMIT 5;
+ WHERE direction = 'from_freescout' AND NOT success ORDER BY log_id DESC LIMIT 6;

@@ -150,9 +150,16 @@ delivery_start(OutboxJob *job)
 
 		case JOB_STATUS:
 			if (job->freescout_status == NULL)
-				return finish(job, OUTCOME_SKIPPED,
-							  psprintf("SIEM status \"%s\" has no FreeScout mapping",
-									   job->siem_status ? job->siem_status : ""));
+			{
+				/* logged, not silently dropped: freescout_status_map needs a row */
+				CallRecord *call = palloc0(sizeof(CallRecord));
+
+				call->event_type = "status_change";
+				call->error = psprintf("SIEM status \"%s\" has no FreeScout mapping in freescout_status_map",
+									   job->siem_status ? job->siem_status : "");
+				job->calls = lappend(job->calls, call);
+				return finish(job, OUTCOME_SKIPPED, call->error);
+			}
 			return new_request(job, "PUT",
 							   fsapi_url("/api/conversations/" INT64_FORMAT,
 										 job->conversation_id),

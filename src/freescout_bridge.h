@@ -131,15 +131,19 @@ extern FsbSharedState *fsb_shared;
 extern void fsb_shared_state_request(void);
 extern void fsb_shared_state_startup(void);
 extern bool fsb_shared_state_available(void);
+extern void fsb_require_worker(void);
 extern void fsb_wake_worker(void);
 extern void fsb_count(FsbCounter counter, uint64 amount);
 extern bool fsb_defer_log(const char *event_type, const char *error,
 						  const char *detail);
 
-/* ---------- catalog.c ---------- */
+/* ---------- sql_helpers.c ---------- */
 
 extern Oid	fsb_extension_schema(void);
+extern const char *fsb_schema_quoted(void);
 extern char *fsb_qualified(const char *relname);
+extern int	fsb_spi_run(const char *sql, int nargs, Oid *types, Datum *values,
+						const char *nulls, int expect);
 
 /* ---------- enqueue.c: the insert path (backends) ---------- */
 

@@ -81,25 +81,6 @@ outbox_schema(void)
 
 /* ---------- small SPI helpers ---------- */
 
-/*
- * Runs one statement.  SPI leaves CurrentMemoryContext at its procedure
- * context; we restore the caller's, so job data can be built in the job's
- * own context across several statements.
- */
-static int
-run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expect)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-
-	MemoryContextSwitchTo(caller);
-
-	if (rc != expect)
-		elog(ERROR, "freescout_bridge: SPI_execute_with_args returned %s for: %s",
-			 SPI_result_code_string(rc), sql);
-	return (int) SPI_processed;
-}
-
 static char *
 text_col(int row, int col)
 {
@@ -122,30 +103,6 @@ int64_col(int row, int col, int64 if_null)
 	return DatumGetInt64(d);
 }
 
-static char *
-sql(const char *format,...) pg_attribute_printf(1, 2);
-
-static char *
-sql(const char *format,...)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (;;)
-	{
-		va_list		args;
-		int			needed;
-
-		va_start(args, format);
-		needed = appendStringInfoVA(&buf, format, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&buf, needed);
-	}
-	return buf.data;
-}
-
 /* ---------- recovery ---------- */
 
 /*
@@ -155,7 +112,7 @@ sql(const char *format,...)
 int
 outbox_recover_inflight(void)
 {
-	return run(sql("UPDATE %s.freescout_outbox SET state = 'pending', due_at = now(), "
+	return fsb_spi_run(psprintf("UPDATE %s.freescout_outbox SET state = 'pending', due_at = now(), "
 				   "needs_lookup = needs_lookup OR kind IN ('create', 'note', 'link') "
 				   "WHERE state = 'inflight'", schema),
 			   0, NULL, NULL, NULL, SPI_OK_UPDATE);
@@ -209,7 +166,7 @@ load_alert_context(OutboxJob *job)
 				incident_ticket,
 				incident_conv;
 
-	run(sql("SELECT to_jsonb(a)::text, own.ticket_id, own.freescout_id, "
+	fsb_spi_run(psprintf("SELECT to_jsonb(a)::text, own.ticket_id, own.freescout_id, "
 			"       lt.ticket_id, lt.freescout_id, a.status::text, m.freescout_status, "
 			"       inc.ticket_id, inc.freescout_id "
 			"  FROM %1$s.alerts a "
@@ -263,12 +220,12 @@ load_incident_context(OutboxJob *job)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(job->target_id)};
 	char	   *members = alerts_have_incident ?
-		sql("(SELECT COALESCE(jsonb_agg(jsonb_build_object('alert_id', a.alert_id, "
+		psprintf("(SELECT COALESCE(jsonb_agg(jsonb_build_object('alert_id', a.alert_id, "
 			"'title', a.title, 'severity', a.severity) ORDER BY a.alert_id), '[]') "
 			"FROM %s.alerts a WHERE a.incident_id = i.incident_id)", schema) :
 		pstrdup("'[]'::jsonb");
 
-	run(sql("SELECT (to_jsonb(i) || jsonb_build_object('_alerts', %2$s))::text, "
+	fsb_spi_run(psprintf("SELECT (to_jsonb(i) || jsonb_build_object('_alerts', %2$s))::text, "
 			"       own.ticket_id, own.freescout_id, i.status::text, m.freescout_status "
 			"  FROM %1$s.incidents i "
 			"  LEFT JOIN %1$s.freescout_tickets own ON own.incident_id = i.incident_id "
@@ -290,7 +247,7 @@ load_note(OutboxJob *job)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1] = {CStringGetTextDatum(job->payload_json ? job->payload_json : "{}")};
 
-	run(sql("SELECT w.worklog_id, w.body, w.author FROM %s.freescout_worklog w "
+	fsb_spi_run(psprintf("SELECT w.worklog_id, w.body, w.author FROM %s.freescout_worklog w "
 			" WHERE w.worklog_id = ($1::jsonb ->> 'worklog_id')::bigint", schema),
 		1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -321,7 +278,7 @@ outbox_claim(int limit, List *busy, MemoryContext jobs_cxt)
 	ArrayType  *id_array;
 	int			n;
 
-	n = run(sql("SELECT id, COALESCE(alert_id, incident_id), alert_id IS NULL "
+	n = fsb_spi_run(psprintf("SELECT id, COALESCE(alert_id, incident_id), alert_id IS NULL "
 				"  FROM %s.freescout_outbox "
 				" WHERE state = 'pending' AND due_at <= now() "
 				" ORDER BY due_at, id LIMIT $1", schema),
@@ -351,7 +308,7 @@ outbox_claim(int limit, List *busy, MemoryContext jobs_cxt)
 	id_array = construct_array(ids, nids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
 	types[0] = INT8ARRAYOID;
 	values[0] = PointerGetDatum(id_array);
-	n = run(sql("UPDATE %s.freescout_outbox "
+	n = fsb_spi_run(psprintf("UPDATE %s.freescout_outbox "
 				"   SET state = 'inflight', attempts = attempts + 1, "
 				"       first_claimed_at = COALESCE(first_claimed_at, now()) "
 				" WHERE id = ANY($1) AND state = 'pending' "
@@ -416,7 +373,7 @@ outbox_next_due(bool future_only)
 	bool		isnull;
 	Datum		d;
 
-	run(sql("SELECT min(due_at) FROM %s.freescout_outbox WHERE state = 'pending'%s",
+	fsb_spi_run(psprintf("SELECT min(due_at) FROM %s.freescout_outbox WHERE state = 'pending'%s",
 			schema, future_only ? " AND due_at > now()" : ""),
 		0, NULL, NULL, NULL, SPI_OK_SELECT);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -429,7 +386,7 @@ static void
 log_calls(OutboxJob *job)
 {
 	ListCell   *lc;
-	char	   *insert = sql("INSERT INTO %s.freescout_sync_log "
+	char	   *insert = psprintf("INSERT INTO %s.freescout_sync_log "
 							 "(ticket_id, direction, event_type, payload, success, error_message, "
 							 " http_status, latency_ms, alert_id, incident_id, outbox_id) "
 							 "VALUES ($1, 'to_freescout', $2, "
@@ -450,8 +407,11 @@ log_calls(OutboxJob *job)
 		if (job->ticket_id == 0)
 			nulls[0] = 'n';
 		values[1] = CStringGetTextDatum(call->event_type);
-		values[2] = CStringGetTextDatum(call->method);
-		values[3] = CStringGetTextDatum(call->path);
+		/* a call record without a method is a decision made without a request */
+		values[2] = call->method ? CStringGetTextDatum(call->method) : (Datum) 0;
+		nulls[2] = call->method ? ' ' : 'n';
+		values[3] = call->path ? CStringGetTextDatum(call->path) : (Datum) 0;
+		nulls[3] = call->path ? ' ' : 'n';
 		values[4] = Int32GetDatum(job->attempts);
 		values[5] = BoolGetDatum(job->adopted && lnext(job->calls, lc) == NULL);
 		values[6] = BoolGetDatum(call->success);
@@ -462,6 +422,7 @@ log_calls(OutboxJob *job)
 		if (call->http_status == 0)
 			nulls[8] = 'n';
 		values[9] = Float8GetDatum(call->latency_ms);
+		nulls[9] = call->method ? ' ' : 'n';
 		values[10] = Int64GetDatum(job->target_id);
 		values[11] = Int64GetDatum(job->target_id);
 		if (job->target_kind == 'a')
@@ -469,7 +430,7 @@ log_calls(OutboxJob *job)
 		else
 			nulls[10] = 'n';
 		values[12] = Int64GetDatum(job->id);
-		run(insert, 13, types, values, nulls, SPI_OK_INSERT);
+		fsb_spi_run(insert, 13, types, values, nulls, SPI_OK_INSERT);
 	}
 }
 
@@ -479,7 +440,7 @@ delete_job(OutboxJob *job)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(job->id)};
 
-	run(sql("DELETE FROM %s.freescout_outbox WHERE id = $1", schema),
+	fsb_spi_run(psprintf("DELETE FROM %s.freescout_outbox WHERE id = $1", schema),
 		1, types, values, NULL, SPI_OK_DELETE);
 }
 
@@ -489,7 +450,7 @@ enqueue_follow_up(OutboxJob *job, const char *kind)
 	Oid			types[2] = {TEXTOID, INT8OID};
 	Datum		values[2] = {CStringGetTextDatum(kind), Int64GetDatum(job->target_id)};
 
-	run(sql("INSERT INTO %s.freescout_outbox (kind, %s) VALUES ($1, $2)",
+	fsb_spi_run(psprintf("INSERT INTO %s.freescout_outbox (kind, %s) VALUES ($1, $2)",
 			schema, job->target_kind == 'a' ? "alert_id" : "incident_id"),
 		2, types, values, NULL, SPI_OK_INSERT);
 }
@@ -514,7 +475,7 @@ record_ticket(OutboxJob *job)
 	values[3] = CStringGetTextDatum(url);
 	values[4] = CStringGetTextDatum(job->conversation.status);
 
-	run(sql("INSERT INTO %1$s.freescout_tickets "
+	fsb_spi_run(psprintf("INSERT INTO %1$s.freescout_tickets "
 			"(freescout_id, freescout_number, %2$s, ticket_url, status, updated_at, synced_at) "
 			"VALUES ($1, $2, $3, $4, $5, now(), now()) "
 			"ON CONFLICT DO NOTHING RETURNING ticket_id", schema, target_col),
@@ -522,7 +483,7 @@ record_ticket(OutboxJob *job)
 	if (SPI_processed == 0)
 	{
 		/* someone recorded it first (cannot happen with one worker) */
-		run(sql("SELECT ticket_id FROM %s.freescout_tickets WHERE %s = $3 OR freescout_id = $1",
+		fsb_spi_run(psprintf("SELECT ticket_id FROM %s.freescout_tickets WHERE %s = $3 OR freescout_id = $1",
 				schema, target_col),
 			5, types, values, NULL, SPI_OK_SELECT);
 		if (SPI_processed == 0)
@@ -534,7 +495,7 @@ record_ticket(OutboxJob *job)
 
 	types[0] = INT4OID;
 	values[0] = Int32GetDatum((int32) ticket_id);
-	run(sql("UPDATE %1$s.%2$s SET freescout_ticket_id = $1 "
+	fsb_spi_run(psprintf("UPDATE %1$s.%2$s SET freescout_ticket_id = $1 "
 			" WHERE %3$s = $3 AND freescout_ticket_id IS DISTINCT FROM $1",
 			schema, job->target_kind == 'a' ? "alerts" : "incidents", target_col),
 		5, types, values, NULL, SPI_OK_UPDATE);
@@ -554,7 +515,7 @@ record_ticket(OutboxJob *job)
 		link_values[1] = PointerGetDatum(construct_array(members, job->content->n_member_alerts,
 														 INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 														 TYPALIGN_DOUBLE));
-		run(sql("UPDATE %s.alerts SET freescout_ticket_id = $1 "
+		fsb_spi_run(psprintf("UPDATE %s.alerts SET freescout_ticket_id = $1 "
 				" WHERE alert_id = ANY($2) AND freescout_ticket_id IS NULL", schema),
 			2, link_types, link_values, NULL, SPI_OK_UPDATE);
 	}
@@ -569,7 +530,7 @@ record_ticket(OutboxJob *job)
 					  fsb_json_escape_for_log(url));
 	types[3] = TEXTOID;
 	values[3] = CStringGetTextDatum(notify);
-	run("SELECT pg_notify('freescout_ticket', $4)", 5, types, values, NULL, SPI_OK_SELECT);
+	fsb_spi_run("SELECT pg_notify('freescout_ticket', $4)", 5, types, values, NULL, SPI_OK_SELECT);
 
 	fsb_count(job->adopted ? FSB_C_TICKETS_ADOPTED : FSB_C_TICKETS_CREATED, 1);
 }
@@ -590,21 +551,21 @@ record_done(OutboxJob *job)
 			record_ticket(job);
 			break;
 		case JOB_STATUS:
-			run(sql("UPDATE %s.freescout_tickets SET status = $2, updated_at = now(), "
+			fsb_spi_run(psprintf("UPDATE %s.freescout_tickets SET status = $2, updated_at = now(), "
 					"synced_at = now() WHERE ticket_id = $1", schema),
 				3, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case JOB_NOTE:
 			values[1] = Int64GetDatum(job->worklog_id);
 			types[1] = INT8OID;
-			run(sql("UPDATE %s.freescout_worklog SET ticket_id = $1, "
+			fsb_spi_run(psprintf("UPDATE %s.freescout_worklog SET ticket_id = $1, "
 					"freescout_thread_id = NULLIF($3, 0) WHERE worklog_id = $2", schema),
 				3, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case JOB_LINK:
 			values[1] = Int64GetDatum(job->target_id);
 			types[1] = INT8OID;
-			run(sql("UPDATE %s.alerts SET freescout_ticket_id = $1 WHERE alert_id = $2", schema),
+			fsb_spi_run(psprintf("UPDATE %s.alerts SET freescout_ticket_id = $1 WHERE alert_id = $2", schema),
 				3, types, values, NULL, SPI_OK_UPDATE);
 			break;
 		case JOB_TAGS:
@@ -628,7 +589,7 @@ reschedule(OutboxJob *job, long delay_ms, bool dead, bool count_attempt)
 	if (!job->error)
 		nulls[3] = 'n';
 	values[4] = BoolGetDatum(count_attempt);
-	run(sql("UPDATE %s.freescout_outbox SET state = %s, "
+	fsb_spi_run(psprintf("UPDATE %s.freescout_outbox SET state = %s, "
 			" due_at = now() + make_interval(secs => $2), needs_lookup = $3, "
 			" last_error = $4, attempts = attempts - CASE WHEN $5 THEN 0 ELSE 1 END "
 			" WHERE id = $1", schema, dead ? "'dead'" : "'pending'"),
@@ -693,11 +654,11 @@ outbox_ticket_for_target(char target_kind, int64 target_id)
 	Datum		values[1] = {Int64GetDatum(target_id)};
 
 	if (target_kind == 'a')
-		run(sql("SELECT COALESCE(own.ticket_id, a.freescout_ticket_id) FROM %1$s.alerts a "
+		fsb_spi_run(psprintf("SELECT COALESCE(own.ticket_id, a.freescout_ticket_id) FROM %1$s.alerts a "
 				"LEFT JOIN %1$s.freescout_tickets own ON own.alert_id = a.alert_id "
 				"WHERE a.alert_id = $1", schema), 1, types, values, NULL, SPI_OK_SELECT);
 	else
-		run(sql("SELECT ticket_id FROM %s.freescout_tickets WHERE incident_id = $1", schema),
+		fsb_spi_run(psprintf("SELECT ticket_id FROM %s.freescout_tickets WHERE incident_id = $1", schema),
 			1, types, values, NULL, SPI_OK_SELECT);
 	return SPI_processed > 0 ? int64_col(0, 1, 0) : 0;
 }
@@ -718,14 +679,14 @@ outbox_queue_ticket_request(char target_kind, int64 target_id, int64 *existing_t
 	if (*existing_ticket != 0)
 		return 0;
 
-	run(sql("UPDATE %s.freescout_outbox SET due_at = now(), "
+	fsb_spi_run(psprintf("UPDATE %s.freescout_outbox SET due_at = now(), "
 			" attempts = CASE WHEN state = 'dead' THEN 0 ELSE attempts END, "
 			" state = CASE WHEN state = 'dead' THEN 'pending' ELSE state END "
 			" WHERE kind = 'create' AND %s = $1 RETURNING id", schema, col),
 		1, types, values, NULL, SPI_OK_UPDATE_RETURNING);
 	if (SPI_processed > 0)
 		return int64_col(0, 1, 0);
-	run(sql("INSERT INTO %s.freescout_outbox (kind, %s) VALUES ('create', $1) RETURNING id",
+	fsb_spi_run(psprintf("INSERT INTO %s.freescout_outbox (kind, %s) VALUES ('create', $1) RETURNING id",
 			schema, col),
 		1, types, values, NULL, SPI_OK_INSERT_RETURNING);
 	return int64_col(0, 1, 0);
@@ -756,7 +717,7 @@ outbox_write_deferred_logs(void)
 			CStringGetTextDatum(entries[i].detail),
 		CStringGetTextDatum(entries[i].error)};
 
-		run(sql("INSERT INTO %s.freescout_sync_log "
+		fsb_spi_run(psprintf("INSERT INTO %s.freescout_sync_log "
 				"(direction, event_type, payload, success, error_message) "
 				"VALUES ('from_freescout', $1, jsonb_build_object('detail', $2), false, $3)",
 				schema),

@@ -67,6 +67,44 @@ fsb_shared_state_available(void)
 }
 
 /*
+ * Raises a clear error unless a worker can act for this backend now: the
+ * library preloaded, the integration on and configured, the worker alive.
+ */
+void
+fsb_require_worker(void)
+{
+	const char *problem = fsb_url_problem(fsb_url);
+	pid_t		worker_pid;
+
+	if (fsb_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("freescout_bridge is not loaded at server start"),
+				 errdetail("FreeScout is reached by the freescout_bridge worker, which needs shared memory."),
+				 errhint("Add freescout_bridge to shared_preload_libraries and restart PostgreSQL.")));
+	if (!fsb_enabled)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the FreeScout integration is disabled"),
+				 errhint("Set freescout.enabled = on and reload the configuration.")));
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("FreeScout is not configured"),
+				 errdetail("%s.", problem),
+				 errhint("Set freescout.url and freescout.api_key in postgresql.conf and reload.")));
+
+	LWLockAcquire(fsb_shared->lock, LW_SHARED);
+	worker_pid = fsb_shared->worker_pid;
+	LWLockRelease(fsb_shared->lock);
+	if (worker_pid == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the freescout_bridge worker is not running"),
+				 errhint("Check the server log; the worker restarts by itself within seconds after a crash.")));
+}
+
+/*
  * Sets the worker's latch.  Reading worker_procno without the lock is fine:
  * an int read is atomic, and a stale value at worst wakes a process that has
  * since exited, whose latch wakes are harmless.

@@ -93,7 +93,7 @@ sync_next_at(void)
 static const char *
 schema(void)
 {
-	return quote_identifier(get_namespace_name(fsb_extension_schema()));
+	return fsb_schema_quoted();
 }
 
 /* Step 1: where to start reading. */
@@ -350,33 +350,14 @@ Datum
 freescout_sync(PG_FUNCTION_ARGS)
 {
 	uint64		generation;
-	pid_t		worker;
 	char		result[FSB_MESSAGE_LEN];
 	TimestampTz deadline;
 	bool		done = false;
-	const char *problem = fsb_url_problem(fsb_url);
 
-	if (!fsb_shared_state_available())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("freescout_bridge is not loaded at server start"),
-				 errhint("Add freescout_bridge to shared_preload_libraries and restart PostgreSQL.")));
-	if (problem != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("FreeScout is not configured"),
-				 errdetail("%s.", problem),
-				 errhint("Set freescout.url and freescout.api_key in postgresql.conf and reload.")));
-
+	fsb_require_worker();
 	LWLockAcquire(fsb_shared->lock, LW_EXCLUSIVE);
-	worker = fsb_shared->worker_pid;
 	generation = ++fsb_shared->sync_requested;
 	LWLockRelease(fsb_shared->lock);
-	if (worker == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the freescout_bridge worker is not running"),
-				 errhint("Check the server log; the worker restarts by itself within seconds after a crash.")));
 	fsb_wake_worker();
 
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),

@@ -33,41 +33,6 @@ kind_name(char kind)
 	return kind == 'i' ? "incident" : "alert";
 }
 
-static void
-check_prerequisites(void)
-{
-	const char *problem;
-	pid_t		worker_pid;
-
-	if (!fsb_shared_state_available())
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("freescout_bridge is not loaded at server start"),
-				 errdetail("Tickets are created by the freescout_bridge worker, which needs shared memory."),
-				 errhint("Add freescout_bridge to shared_preload_libraries and restart PostgreSQL.")));
-	if (!fsb_enabled)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the FreeScout integration is disabled"),
-				 errhint("Set freescout.enabled = on and reload the configuration.")));
-	problem = fsb_url_problem(fsb_url);
-	if (problem != NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("FreeScout is not configured"),
-				 errdetail("%s.", problem),
-				 errhint("Set freescout.url and freescout.api_key in postgresql.conf and reload.")));
-
-	LWLockAcquire(fsb_shared->lock, LW_SHARED);
-	worker_pid = fsb_shared->worker_pid;
-	LWLockRelease(fsb_shared->lock);
-	if (worker_pid == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the freescout_bridge worker is not running"),
-				 errhint("Check the server log; the worker restarts by itself within seconds after a crash.")));
-}
-
 /* Raises "no such alert" unless the target row exists. */
 static void
 check_target_exists(char kind, int64 id)
@@ -266,7 +231,7 @@ create_ticket(FunctionCallInfo fcinfo, char kind)
 	ticket_id = existing_ticket(kind, id);
 	if (ticket_id == 0)
 	{
-		check_prerequisites();
+		fsb_require_worker();
 		slot_no = claim_slot(kind, id);
 		fsb_wake_worker();
 		answer = wait_for_answer(slot_no);

@@ -38,6 +38,7 @@
 
 PG_FUNCTION_INFO_V1(freescout_applying_remote);
 PG_FUNCTION_INFO_V1(freescout_webhook);
+PG_FUNCTION_INFO_V1(freescout_webhook_bytes);
 
 static bool applying_remote = false;
 
@@ -171,19 +172,6 @@ typedef struct TicketRow
 
 static const char *schema_q;	/* quoted schema, for the current call */
 
-static int
-spi_run(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls, int expect)
-{
-	MemoryContext caller = CurrentMemoryContext;
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-
-	MemoryContextSwitchTo(caller);
-	if (rc != expect)
-		elog(ERROR, "freescout_bridge: SPI_execute_with_args returned %s for: %s",
-			 SPI_result_code_string(rc), sql);
-	return (int) SPI_processed;
-}
-
 static bool
 column_exists(const char *relname, const char *column)
 {
@@ -200,7 +188,7 @@ find_ticket(int64 conversation_id, TicketRow *t)
 	bool		isnull;
 
 	/* the row lock serialises two deliveries for one conversation */
-	spi_run(psprintf("SELECT ticket_id, alert_id, incident_id, status, "
+	fsb_spi_run(psprintf("SELECT ticket_id, alert_id, incident_id, status, "
 					 "freescout_updated_at::text, assignee_id, freescout_last_thread_id "
 					 "FROM %s.freescout_tickets WHERE freescout_id = $1 FOR UPDATE", schema_q),
 			1, types, values, NULL, SPI_OK_SELECT);
@@ -243,7 +231,7 @@ is_stale(const TicketRow *t, const char *updated_at, int64 last_thread_id)
 	values[2] = Int64GetDatum(last_thread_id);
 	values[3] = Int64GetDatum(t->last_thread_id);
 	/* a malformed date is treated as not stale rather than rejected */
-	spi_run("SELECT CASE WHEN $1 ~ '^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?(Z|[+-]\\d\\d:?\\d\\d)$' "
+	fsb_spi_run("SELECT CASE WHEN $1 ~ '^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?(Z|[+-]\\d\\d:?\\d\\d)$' "
 			"THEN ($1::timestamptz, $3) < ($2::timestamptz, $4) ELSE false END",
 			4, types, values, NULL, SPI_OK_SELECT);
 	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
@@ -298,7 +286,7 @@ apply_status(const TicketRow *t, const char *fs_status)
 	values[1] = Int64GetDatum(t->alert_id ? t->alert_id : t->incident_id);
 
 #define SET_STATUS(rel, where) \
-	spi_run(psprintf("UPDATE %1$s.%2$s x SET status = $1%3$s WHERE %4$s AND " \
+	fsb_spi_run(psprintf("UPDATE %1$s.%2$s x SET status = $1%3$s WHERE %4$s AND " \
 					 "(SELECT m.freescout_status FROM %1$s.freescout_status_map m " \
 					 " WHERE m.siem_status = x.status::text) %5$s", \
 					 schema_q, rel, \
@@ -340,7 +328,7 @@ update_ticket(const TicketRow *t, const char *status, const char *updated_at,
 	nulls[5] = assignee_name ? ' ' : 'n';
 	values[6] = Int64GetDatum(last_thread_id);
 	/* the caller checked the snapshot is not stale: it is the newest */
-	spi_run(psprintf("UPDATE %s.freescout_tickets SET "
+	fsb_spi_run(psprintf("UPDATE %s.freescout_tickets SET "
 					 " status = COALESCE($2, status), "
 					 " freescout_updated_at = CASE WHEN $3 ~ '^\\d{4}-\\d\\d-\\d\\dT' "
 					 "   THEN $3::timestamptz ELSE freescout_updated_at END, "
@@ -369,7 +357,7 @@ thread_is_ours(const char *body, int64 thread_id, const TicketRow *t)
 		Int64GetDatum(thread_id)};
 
 		/* remember which FreeScout thread our note became */
-		spi_run(psprintf("UPDATE %s.freescout_worklog SET freescout_thread_id = $2 "
+		fsb_spi_run(psprintf("UPDATE %s.freescout_worklog SET freescout_thread_id = $2 "
 						 "WHERE worklog_id = $1 AND freescout_thread_id IS NULL", schema_q),
 				2, types, values, NULL, SPI_OK_UPDATE);
 		return true;
@@ -402,7 +390,7 @@ insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 	 * With a thread id, the unique key makes a replay a no-op.  The spec's
 	 * envelope has none, so the same author, time and text count as a replay.
 	 */
-	return spi_run(psprintf("INSERT INTO %1$s.freescout_worklog "
+	return fsb_spi_run(psprintf("INSERT INTO %1$s.freescout_worklog "
 							"(alert_id, incident_id, ticket_id, direction, freescout_thread_id, "
 							" thread_type, author, body, created_at) "
 							"SELECT $1, $2, $3, 'from_freescout', $4, $5, $6, $7, %2$s "
@@ -538,7 +526,7 @@ webhook_apply_conversation(const cJSON *conversation, WebhookResult *result)
 
 	memset(&snap, 0, sizeof(snap));
 	snap.result = result;
-	schema_q = quote_identifier(get_namespace_name(fsb_extension_schema()));
+	schema_q = fsb_schema_quoted();
 	if (!cJSON_IsObject(conversation) || !fsb_json_int64(conversation, "id", &conversation_id))
 	{
 		result->ignored = "payload has no conversation id";
@@ -574,7 +562,7 @@ apply_spec_note(const cJSON *data, WebhookResult *result)
 
 	memset(&snap, 0, sizeof(snap));
 	snap.result = result;
-	schema_q = quote_identifier(get_namespace_name(fsb_extension_schema()));
+	schema_q = fsb_schema_quoted();
 	if (!fsb_json_int64(data, "conversation_id", &conversation_id) || !cJSON_IsObject(thread))
 	{
 		result->ignored = "note event without conversation_id and thread";
@@ -633,7 +621,7 @@ log_applied(const char *event, const WebhookResult *r, const char *scheme)
 	values[1] = CStringGetTextDatum(event);
 	values[2] = CStringGetTextDatum(payload);
 	values[3] = BoolGetDatum(true);
-	spi_run(psprintf("INSERT INTO %s.freescout_sync_log "
+	fsb_spi_run(psprintf("INSERT INTO %s.freescout_sync_log "
 					 "(ticket_id, direction, event_type, payload, success) "
 					 "VALUES ($1, 'from_freescout', $2, $3::jsonb, $4)", schema_q),
 			4, types, values, nulls, SPI_OK_INSERT);
@@ -652,32 +640,26 @@ webhook_result_json(const WebhookResult *r)
 					r->notes_added, r->stale ? "true" : "false");
 }
 
-Datum
-freescout_webhook(PG_FUNCTION_ARGS)
+/*
+ * Verifies and applies one webhook: the raw body, X-FreeScout-Signature and
+ * X-FreeScout-Event.  `body_is_text` says the bytes already passed the
+ * database's own encoding check (text input); raw bytes are checked here.
+ */
+static Datum
+handle_webhook(const char *body, size_t body_len, bool body_is_text,
+			   const char *signature, const char *header_event)
 {
-	text	   *body_text;
-	char	   *body;
-	size_t		body_len;
-	char	   *signature = PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1));
-	char	   *header_event = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	const char *scheme;
 	const char *event;
 	cJSON	   *root;
 	const cJSON *conversation;
 	WebhookResult result;
 
-	if (PG_ARGISNULL(0))
-		reject("webhook_rejected", ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is missing",
-			   NULL, "Pass the raw request body.");
-	body_text = PG_GETARG_TEXT_PP(0);
-	body_len = VARSIZE_ANY_EXHDR(body_text);
 	if (body_len > (size_t) fsb_webhook_max_bytes)
 		reject("webhook_rejected", ERRCODE_PROGRAM_LIMIT_EXCEEDED, "webhook body is too large",
 			   psprintf("The body has %zu bytes; freescout.webhook_max_bytes is %d.",
 						body_len, fsb_webhook_max_bytes),
 			   "Raise freescout.webhook_max_bytes if FreeScout really sends bodies this large.");
-	body = text_to_cstring(body_text);
-
 	if (fsb_webhook_secret == NULL || fsb_webhook_secret[0] == '\0')
 		reject("webhook_rejected", ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
 			   "webhook rejected: no webhook secret is configured",
@@ -695,10 +677,13 @@ freescout_webhook(PG_FUNCTION_ARGS)
 			   "Pass the X-FreeScout-Signature header and the raw, unmodified request body; "
 			   "check that freescout.webhook_secret matches FreeScout's Secret Key.");
 
-	/* text input is already valid in the database encoding; JSON must be UTF-8 */
-	if (GetDatabaseEncoding() != PG_UTF8 && !pg_verify_mbstr(PG_UTF8, body, (int) body_len, true))
+	/* JSON is UTF-8; text input was already checked against the database encoding */
+	if ((!body_is_text || GetDatabaseEncoding() != PG_UTF8) &&
+		(memchr(body, '\0', body_len) != NULL ||
+		 !pg_verify_mbstr(PG_UTF8, body, (int) body_len, true)))
 		reject("webhook_rejected", ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,
-			   "webhook body is not valid UTF-8", NULL, NULL);
+			   "webhook body is not valid UTF-8", NULL,
+			   "FreeScout sends UTF-8 JSON; check what sits between it and the database.");
 	root = cJSON_ParseWithLength(body, body_len);
 	if (root == NULL)
 		reject("webhook_rejected", ERRCODE_INVALID_TEXT_REPRESENTATION,
@@ -722,7 +707,7 @@ freescout_webhook(PG_FUNCTION_ARGS)
 	}
 
 	SPI_connect();
-	schema_q = quote_identifier(get_namespace_name(fsb_extension_schema()));
+	schema_q = fsb_schema_quoted();
 	if (event == NULL)
 		result.ignored = "no event in the header or the body";
 	else if (!event_is_conversation(event))
@@ -739,5 +724,42 @@ freescout_webhook(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	fsb_count(result.ignored ? FSB_C_WEBHOOKS_IGNORED : FSB_C_WEBHOOKS_APPLIED, 1);
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(webhook_result_json(&result))));
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(webhook_result_json(&result)));
+}
+
+static char *
+optional_text_arg(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+/* freescout_webhook(body text, signature text, event text) */
+Datum
+freescout_webhook(PG_FUNCTION_ARGS)
+{
+	text	   *body;
+
+	if (PG_ARGISNULL(0))
+		reject("webhook_rejected", ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is missing",
+			   NULL, "Pass the raw request body.");
+	body = PG_GETARG_TEXT_PP(0);
+	PG_RETURN_DATUM(handle_webhook(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), true,
+								   optional_text_arg(fcinfo, 1), optional_text_arg(fcinfo, 2)));
+}
+
+/*
+ * freescout_webhook(body bytea, ...): the raw bytes as received, for callers
+ * that do not decode the body first.  The HMAC covers exactly these bytes.
+ */
+Datum
+freescout_webhook_bytes(PG_FUNCTION_ARGS)
+{
+	bytea	   *body;
+
+	if (PG_ARGISNULL(0))
+		reject("webhook_rejected", ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is missing",
+			   NULL, "Pass the raw request body.");
+	body = PG_GETARG_BYTEA_PP(0);
+	PG_RETURN_DATUM(handle_webhook(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), false,
+								   optional_text_arg(fcinfo, 1), optional_text_arg(fcinfo, 2)));
 }

@@ -5,12 +5,16 @@ reloads, and a crash between FreeScout's commit and ours.
 Runs as an ordinary user against a temporary cluster and the simulator.
 """
 
+import http.server
 import json
 import os
 import select
 import signal
+import ssl
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -125,6 +129,59 @@ def crash_between_commits(cluster, sim, results):
     results.check("the retry looked before creating", adopted >= 1)
 
 
+def periodic_sync(cluster, sim, results):
+    """A webhook that never arrives is repaired by the periodic reconciliation."""
+    conv = cluster.scalar("SELECT freescout_id FROM freescout_tickets WHERE alert_id = 3")
+    sim.act(conv, "status", status="closed", user=7)      # no webhook URL: it is lost
+    cluster.set(freescout__sync_interval="1")
+    results.check("periodic sync (sync_interval) repairs a lost webhook",
+                  wait_until(lambda: cluster.scalar("SELECT status FROM alerts WHERE alert_id = 3")
+                             == "resolved", timeout=15, what="periodic sync"))
+    cluster.set(freescout__sync_interval="0")
+
+
+def tls_is_verified(cluster, work, results):
+    """An https FreeScout with a certificate we cannot verify gets nothing."""
+    key, cert = os.path.join(work, "key.pem"), os.path.join(work, "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True)
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    previous_url = cluster.settings["freescout.url"]
+    try:
+        cluster.set(freescout__url=f"'https://127.0.0.1:{server.server_port}'",
+                    freescout__allow_http="off")
+        time.sleep(0.3)
+        cluster.sql("INSERT INTO alerts (alert_id, title, severity) VALUES (400, 'self-signed peer', 4)")
+        error = wait_until(lambda: cluster.scalar(
+            "SELECT error_message FROM freescout_sync_log WHERE alert_id = 400 AND NOT success"),
+            timeout=10, what="TLS failure logged")
+        results.check("a certificate that does not verify is refused", "certificate" in error.lower()
+                      or "ssl" in error.lower(), error)
+        results.check("and no request reached the unverified peer", received == [])
+    finally:
+        cluster.set(freescout__url=previous_url, freescout__allow_http="on")
+        server.shutdown()
+    results.check("the alert goes out once FreeScout is trusted again",
+                  wait_until(lambda: ticket_count(cluster, 400) == 1, timeout=40,
+                             what="delivery after TLS fix"))
+
+
 def main():
     results = Results("worker")
     work = tempfile.mkdtemp(prefix="fsb-worker-")
@@ -135,6 +192,8 @@ def main():
         notify_payload(cluster, results)
         commit_wake(cluster, sim, results)
         reload_applies(cluster, sim, results)
+        periodic_sync(cluster, sim, results)
+        tls_is_verified(cluster, work, results)
         crash_between_commits(cluster, sim, results)
         results.check("no duplicate conversation anywhere", sim.stats()["duplicates"] == [],
                       str(sim.stats()["duplicates"]))
