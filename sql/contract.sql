@@ -18,7 +18,7 @@ CREATE SCHEMA siem;
 CREATE TABLE siem.alerts (alert_id bigint PRIMARY KEY, title text, severity smallint, status text);
 CREATE TABLE siem.incidents (incident_id bigint PRIMARY KEY, title text, severity smallint, status text);
 CREATE EXTENSION freescout_bridge SCHEMA siem;
-SELECT pg_get_functiondef('siem.freescout_alerts_inserted'::regproc) ~ 'incident_id' AS has_incident_rule;
+SELECT pg_get_triggerdef(oid) ~ 'incident_id' AS has_incident_rule FROM pg_trigger WHERE tgname = 'freescout_alert_collect';
 INSERT INTO siem.alerts VALUES (1, 'queued', 4, 'new');
 SELECT kind, alert_id FROM siem.freescout_outbox;
 -- A plain DROP EXTENSION works: it takes its triggers along, and leaves the

@@ -303,16 +303,28 @@ CREATE VIEW @extschema@.freescout_queue AS
 
 /*
  * Settings are read with missing_ok so the triggers still work in a session
- * that has not loaded the library.  Statement-level with a transition table:
- * a bulk insert pays one INSERT ... SELECT, not one call per row.  The alert
- * triggers are generated to match the SIEM: the incident rules exist only
- * when alerts has incident_id.
+ * that has not loaded the library.
  */
 CREATE FUNCTION @extschema@.freescout_setting_bool(name text, fallback boolean) RETURNS boolean
     LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT COALESCE(NULLIF(pg_catalog.current_setting(name, true), '')::boolean, fallback)
 $$;
 
+-- The insert path (src/enqueue.c): a WHEN filter, a row trigger that
+-- remembers qualifying alerts, a statement trigger that queues them at once.
+CREATE FUNCTION @extschema@.freescout_alert_qualifies(severity integer, incident_id bigint)
+    RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'freescout_alert_qualifies';
+CREATE FUNCTION @extschema@.freescout_collect_alert() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'freescout_collect_alert';
+CREATE FUNCTION @extschema@.freescout_flush_alerts() RETURNS trigger
+    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'freescout_flush_alerts';
+
+/*
+ * The alert triggers are generated to match the SIEM: the incident rules
+ * exist only when alerts has incident_id.
+ */
 DO $triggers$
 DECLARE
     has_incident_link boolean := EXISTS (
@@ -321,38 +333,21 @@ DECLARE
            AND attnum > 0 AND NOT attisdropped);
     link_rule text;
 BEGIN
-    -- An alert that belongs to an incident joins the incident's ticket when
+    EXECUTE pg_catalog.format($t$
+CREATE TRIGGER freescout_alert_collect
+    AFTER INSERT ON @extschema@.alerts
+    FOR EACH ROW
+    WHEN (@extschema@.freescout_alert_qualifies(NEW.severity::integer, %s))
+    EXECUTE FUNCTION @extschema@.freescout_collect_alert();
+$t$, CASE WHEN has_incident_link THEN 'NEW.incident_id::bigint' ELSE 'NULL' END);
+
+    -- An alert that joins an incident later joins the incident's ticket when
     -- the incident has one or is going to get one.
     link_rule := CASE WHEN has_incident_link THEN $rule$
         n.incident_id IS NOT NULL AND (on_incident OR EXISTS (
             SELECT 1 FROM @extschema@.incidents i
              WHERE i.incident_id = n.incident_id AND i.freescout_ticket_id IS NOT NULL))
         $rule$ ELSE 'false' END;
-
-    EXECUTE pg_catalog.format($fn$
-CREATE FUNCTION @extschema@.freescout_alerts_inserted() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-DECLARE
-    on_alert boolean := @extschema@.freescout_setting_bool('freescout.auto_create_on_alert', true);
-    on_incident boolean := @extschema@.freescout_setting_bool('freescout.auto_create_on_incident', true);
-    min_severity integer := COALESCE(NULLIF(pg_catalog.current_setting('freescout.auto_create_severity_min', true), '')::integer, 3);
-    queued bigint;
-BEGIN
-    IF NOT @extschema@.freescout_setting_bool('freescout.enabled', true) THEN
-        RETURN NULL;
-    END IF;
-    INSERT INTO @extschema@.freescout_outbox (kind, alert_id)
-    SELECT CASE WHEN %1$s THEN 'link' ELSE 'create' END, n.alert_id
-      FROM new_alerts n
-     WHERE (%1$s) OR (on_alert AND n.severity >= min_severity);
-    GET DIAGNOSTICS queued = ROW_COUNT;
-    IF queued > 0 THEN
-        PERFORM @extschema@.freescout_wake_at_commit();
-    END IF;
-    RETURN NULL;
-END
-$body$;
-$fn$, link_rule);
 
     EXECUTE pg_catalog.format($fn$
 CREATE FUNCTION @extschema@.freescout_alert_changed() RETURNS trigger
@@ -395,8 +390,7 @@ $triggers$;
 
 CREATE TRIGGER freescout_alerts_inserted
     AFTER INSERT ON @extschema@.alerts
-    REFERENCING NEW TABLE AS new_alerts
-    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.freescout_alerts_inserted();
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.freescout_flush_alerts();
 
 CREATE FUNCTION @extschema@.freescout_incidents_inserted() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -459,7 +453,8 @@ REVOKE ALL ON FUNCTION
     @extschema@.freescout_queue_note(bigint, bigint, text, text),
     @extschema@.freescout_add_incident_note(bigint, text, text), @extschema@.freescout_retry_dead(),
     @extschema@.freescout_setting_bool(text, boolean),
-    @extschema@.freescout_alerts_inserted(), @extschema@.freescout_alert_changed(),
+    @extschema@.freescout_alert_qualifies(integer, bigint), @extschema@.freescout_collect_alert(),
+    @extschema@.freescout_flush_alerts(), @extschema@.freescout_alert_changed(),
     @extschema@.freescout_incidents_inserted(), @extschema@.freescout_incident_changed()
     FROM PUBLIC;
 
@@ -475,5 +470,5 @@ SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass, t.oid, 0,
   FROM pg_catalog.pg_trigger t, pg_catalog.pg_extension e
  WHERE e.extname = 'freescout_bridge'
    AND t.tgrelid IN ('@extschema@.alerts'::pg_catalog.regclass, '@extschema@.incidents'::pg_catalog.regclass)
-   AND t.tgname IN ('freescout_alerts_inserted', 'freescout_alert_changed',
+   AND t.tgname IN ('freescout_alert_collect', 'freescout_alerts_inserted', 'freescout_alert_changed',
                     'freescout_incidents_inserted', 'freescout_incident_changed');

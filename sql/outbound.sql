@@ -30,6 +30,18 @@ SELECT count(*) AS queued_inside FROM freescout_outbox WHERE alert_id = 205;
 ROLLBACK;
 SELECT count(*) AS queued_after FROM freescout_outbox WHERE alert_id = 205;
 
+-- A rolled-back savepoint forgets its alerts, and only those.
+BEGIN;
+INSERT INTO alerts (alert_id, title, severity) VALUES (206, 'kept', 4);
+SAVEPOINT s;
+INSERT INTO alerts (alert_id, title, severity) VALUES (207, 'rolled back to savepoint', 4);
+ROLLBACK TO SAVEPOINT s;
+INSERT INTO alerts (alert_id, title, severity) VALUES (208, 'after the savepoint', 4);
+COMMIT;
+SELECT wait_for($$(SELECT count(*) = 2 FROM freescout_tickets WHERE alert_id BETWEEN 206 AND 208)$$) AS both_delivered;
+SELECT alert_id FROM freescout_tickets WHERE alert_id BETWEEN 206 AND 208 ORDER BY 1;
+SELECT count(*) AS queued_for_207 FROM freescout_outbox WHERE alert_id = 207;
+
 -- 503 with Retry-After: retried after the pause, then created once.
 \! /usr/bin/python3 test/simctl.py mark
 \! /usr/bin/python3 test/simctl.py fault '{"mode": "status", "status": 503, "retry_after": "1", "count": 1, "path_regex": "^POST /api/conversations$"}'

@@ -24,8 +24,8 @@ INSERT INTO freescout_tickets (freescout_id, alert_id, incident_id) VALUES (9000
 DELETE FROM alerts WHERE alert_id = 900;
 SELECT count(*) FROM freescout_tickets WHERE freescout_id >= 90000;
 
--- The triggers: statement-level with a transition table on insert.
-SELECT tgrelid::regclass, tgname, tgtype & 1 = 1 AS for_each_row, tgnewtable
+-- The triggers: on insert, a row trigger filtered by WHEN and one statement flush.
+SELECT tgrelid::regclass, tgname, tgtype & 1 = 1 AS for_each_row, tgqual IS NOT NULL AS has_when
   FROM pg_trigger WHERE tgname LIKE 'freescout%' ORDER BY 1, 2;
 
 -- Default status mapping (SIEM -> FreeScout).

@@ -15,6 +15,7 @@
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "utils/memutils.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -68,6 +69,58 @@ fsb_schema_quoted(void)
 }
 
 /*
+ * Prepared plans of the statements this process runs, keyed by their text.
+ * The worker runs the same few dozen statements thousands of times a second;
+ * parsing and planning each time was most of its CPU.  The text includes the
+ * schema, so a re-created extension gets new entries; plancache revalidates
+ * a kept plan when the tables under it change.  Callers pass values as
+ * parameters, never as literals, so the set of texts stays small.
+ */
+#define PLAN_CACHE_SIZE 128
+
+typedef struct CachedStatement
+{
+	char	   *sql;
+	int			nargs;
+	Oid			types[FUNC_MAX_ARGS];
+	SPIPlanPtr	plan;
+} CachedStatement;
+
+static CachedStatement plan_cache[PLAN_CACHE_SIZE];
+static int	plan_cache_used = 0;
+
+static SPIPlanPtr
+cached_plan(const char *sql, int nargs, Oid *types)
+{
+	CachedStatement *entry;
+	SPIPlanPtr	plan;
+
+	for (int i = 0; i < plan_cache_used; i++)
+	{
+		entry = &plan_cache[i];
+		if (entry->nargs == nargs && strcmp(entry->sql, sql) == 0 &&
+			(nargs == 0 || memcmp(entry->types, types, sizeof(Oid) * nargs) == 0))
+			return entry->plan;
+	}
+	if (plan_cache_used == PLAN_CACHE_SIZE || nargs > FUNC_MAX_ARGS)
+		return NULL;			/* full: run unprepared */
+
+	plan = SPI_prepare(sql, nargs, types);
+	if (plan == NULL)
+		elog(ERROR, "freescout_bridge: SPI_prepare failed (%s) for: %s",
+			 SPI_result_code_string(SPI_result), sql);
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "freescout_bridge: SPI_keepplan failed");
+	entry = &plan_cache[plan_cache_used++];
+	entry->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	entry->nargs = nargs;
+	if (nargs > 0)
+		memcpy(entry->types, types, sizeof(Oid) * nargs);
+	entry->plan = plan;
+	return plan;
+}
+
+/*
  * Runs one statement and returns the rows it processed.  SPI leaves
  * CurrentMemoryContext at its procedure context; we restore the caller's, so
  * results can be copied into a longer-lived context across statements.
@@ -77,7 +130,10 @@ fsb_spi_run(const char *sql, int nargs, Oid *types, Datum *values, const char *n
 			int expect)
 {
 	MemoryContext caller = CurrentMemoryContext;
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	SPIPlanPtr	plan = cached_plan(sql, nargs, types);
+	int			rc = plan ?
+		SPI_execute_plan(plan, values, nulls, false, 0) :
+		SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 
 	MemoryContextSwitchTo(caller);
 	if (rc != expect)

@@ -369,10 +369,9 @@ static int
 insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 			   const char *author, const char *text, const char *created_at)
 {
-	Oid			types[7] = {INT8OID, INT8OID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
-	bool		valid_date = created_at && strlen(created_at) >= 19 && created_at[4] == '-';
+	Oid			types[8] = {INT8OID, INT8OID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	values[0] = Int64GetDatum(t->alert_id);
 	nulls[0] = t->alert_id ? ' ' : 'n';
@@ -385,6 +384,8 @@ insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 	values[5] = author ? CStringGetTextDatum(author) : (Datum) 0;
 	nulls[5] = author ? ' ' : 'n';
 	values[6] = CStringGetTextDatum(text);
+	values[7] = created_at ? CStringGetTextDatum(created_at) : (Datum) 0;
+	nulls[7] = created_at ? ' ' : 'n';
 
 	/*
 	 * With a thread id, the unique key makes a replay a no-op.  The spec's
@@ -393,13 +394,15 @@ insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 	return fsb_spi_run(psprintf("INSERT INTO %1$s.freescout_worklog "
 							"(alert_id, incident_id, ticket_id, direction, freescout_thread_id, "
 							" thread_type, author, body, created_at) "
-							"SELECT $1, $2, $3, 'from_freescout', $4, $5, $6, $7, %2$s "
+							"SELECT $1, $2, $3, 'from_freescout', $4, $5, $6, $7, "
+							"  CASE WHEN $8 ~ '^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?(Z|[+-]\\d\\d:?\\d\\d)$' "
+							"       THEN $8::timestamptz ELSE now() END "
 							"WHERE $4 IS NOT NULL OR NOT EXISTS (SELECT 1 FROM %1$s.freescout_worklog w "
 							"  WHERE w.ticket_id = $3 AND w.body = $7 AND w.freescout_thread_id IS NULL "
 							"    AND w.direction = 'from_freescout') "
 							"ON CONFLICT (freescout_thread_id) DO NOTHING",
-							schema_q, valid_date ? psprintf("%s::timestamptz", quote_literal_cstr(created_at)) : "now()"),
-				   7, types, values, nulls, SPI_OK_INSERT);
+							schema_q),
+				   8, types, values, nulls, SPI_OK_INSERT);
 }
 
 static int
