@@ -88,7 +88,7 @@ lookup_request(OutboxJob *job, int page)
 	TimestampTz since = job->first_claimed_at - 60 * USECS_PER_SEC;
 
 	job->lookup_page = page;
-	return new_request(job, "GET", fsapi_lookup_url(since, page), NULL);
+	return new_request(job, "GET", fsapi_lookup_url(since, job->content->marker, page), NULL);
 }
 
 static HttpRequest *

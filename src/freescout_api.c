@@ -214,7 +214,7 @@ fsapi_note_body(const char *html)
  * oldest first so that paging is stable while new ones are being added.
  */
 char *
-fsapi_lookup_url(TimestampTz created_since, int page)
+fsapi_lookup_url(TimestampTz created_since, const char *marker, int page)
 {
 	StringInfoData buf;
 	struct pg_tm tm;
@@ -235,6 +235,9 @@ fsapi_lookup_url(TimestampTz created_since, int page)
 	appendStringInfoString(&buf, "&createdSince=");
 	append_query_value(&buf, since);
 	appendStringInfo(&buf, "&sortField=createdAt&sortOrder=asc&pageSize=100&page=%d", page);
+	/* module v1.0.87 filters by subject substring; older ones ignore it and we match ourselves */
+	appendStringInfoString(&buf, "&subject=");
+	append_query_value(&buf, marker);
 	return buf.data;
 }
 

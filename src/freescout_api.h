@@ -34,7 +34,7 @@ extern char *fsapi_custom_fields_body(const TicketContent *content,
 									  const char *mapping);
 extern char *fsapi_status_body(const char *status);
 extern char *fsapi_note_body(const char *html);
-extern char *fsapi_lookup_url(TimestampTz created_since, int page);
+extern char *fsapi_lookup_url(TimestampTz created_since, const char *marker, int page);
 extern bool fsapi_parse_created(const char *body, int64 resource_id,
 								FsConversationRef *out);
 extern FsLookupResult fsapi_find_marker(const char *body, const char *marker,

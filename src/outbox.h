@@ -71,6 +71,7 @@ typedef struct OutboxJob
 	TicketContent *content;
 	int			lookup_page;
 	HttpRequest *request;		/* in flight, or NULL */
+	TimestampTz started_at;		/* when the worker began sending it */
 	List	   *calls;			/* of CallRecord */
 	bool		from_manual_request;
 

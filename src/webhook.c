@@ -34,6 +34,7 @@
 #include "fmgr.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/datetime.h"
 #include "utils/lsyscache.h"
 
 PG_FUNCTION_INFO_V1(freescout_applying_remote);
@@ -165,12 +166,14 @@ typedef struct TicketRow
 	int64		alert_id;
 	int64		incident_id;
 	char	   *status;
-	char	   *updated_at;		/* FreeScout's updatedAt we applied, text */
+	TimestampTz updated_at;		/* FreeScout's updatedAt we applied, or NO_DATE */
 	int64		last_thread_id; /* newest thread id we applied */
 	int64		assignee_id;
 } TicketRow;
 
 static const char *schema_q;	/* quoted schema, for the current call */
+
+#define NO_DATE DT_NOBEGIN		/* "no usable updatedAt" */
 
 static bool
 column_exists(const char *relname, const char *column)
@@ -189,7 +192,7 @@ find_ticket(int64 conversation_id, TicketRow *t)
 
 	/* the row lock serialises two deliveries for one conversation */
 	fsb_spi_run(psprintf("SELECT ticket_id, alert_id, incident_id, status, "
-					 "freescout_updated_at::text, assignee_id, freescout_last_thread_id "
+					 "freescout_updated_at, assignee_id, freescout_last_thread_id "
 					 "FROM %s.freescout_tickets WHERE freescout_id = $1 FOR UPDATE", schema_q),
 			1, types, values, NULL, SPI_OK_SELECT);
 	if (SPI_processed == 0)
@@ -202,7 +205,9 @@ find_ticket(int64 conversation_id, TicketRow *t)
 	if (isnull)
 		t->incident_id = 0;
 	t->status = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4);
-	t->updated_at = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5);
+	t->updated_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5, &isnull));
+	if (isnull)
+		t->updated_at = NO_DATE;
 	t->assignee_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6, &isnull));
 	if (isnull)
 		t->assignee_id = 0;
@@ -213,29 +218,66 @@ find_ticket(int64 conversation_id, TicketRow *t)
 }
 
 /*
+ * FreeScout's dates, "2024-05-01T10:00:00Z" (an offset or fractional
+ * seconds are accepted too).  Anything else, an impossible date included, is
+ * "no date": a signed payload with a bad date is still applied, not refused.
+ */
+static bool
+parse_iso_timestamp(const char *text, TimestampTz *out)
+{
+	struct pg_tm tm;
+	int			consumed = 0;
+	int			offset_west = 0;
+	const char *p;
+
+	if (text == NULL)
+		return false;
+	memset(&tm, 0, sizeof(tm));
+	if (sscanf(text, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+			   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &consumed) != 6 || consumed != 19)
+		return false;
+	if (tm.tm_year < 1970 || tm.tm_year > 9999 || tm.tm_mon < 1 || tm.tm_mon > 12 ||
+		tm.tm_mday < 1 || tm.tm_mday > day_tab[isleap(tm.tm_year)][tm.tm_mon - 1] ||
+		tm.tm_hour > 23 || tm.tm_min > 59 || tm.tm_sec > 59)
+		return false;
+	p = text + consumed;
+	if (*p == '.')
+		for (p++; isdigit((unsigned char) *p); p++)
+			;
+	if (*p == 'Z' && p[1] == '\0')
+		offset_west = 0;
+	else if ((*p == '+' || *p == '-') && isdigit((unsigned char) p[1]) && isdigit((unsigned char) p[2]))
+	{
+		int			hours = (p[1] - '0') * 10 + (p[2] - '0');
+		const char *m = p + 3 + (p[3] == ':');
+		int			minutes = 0;
+
+		if (isdigit((unsigned char) m[0]) && isdigit((unsigned char) m[1]))
+		{
+			minutes = (m[0] - '0') * 10 + (m[1] - '0');
+			m += 2;
+		}
+		if (*m != '\0' || hours > 14 || minutes > 59)
+			return false;
+		offset_west = (*p == '+' ? -1 : 1) * (hours * 3600 + minutes * 60);
+	}
+	else
+		return false;
+	return tm2timestamp(&tm, 0, &offset_west, out) == 0;
+}
+
+/*
  * Is this snapshot older than what we applied?  FreeScout's updatedAt has
  * whole seconds, so within one second the newest thread id decides: every
  * change (reply, note, status, assignment) adds a thread.
  */
 static bool
-is_stale(const TicketRow *t, const char *updated_at, int64 last_thread_id)
+is_stale(const TicketRow *t, TimestampTz updated_at, int64 last_thread_id)
 {
-	Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, INT8OID};
-	Datum		values[4];
-	char	   *result;
-
-	if (updated_at == NULL || t->updated_at == NULL)
+	if (updated_at == NO_DATE || t->updated_at == NO_DATE)
 		return false;
-	values[0] = CStringGetTextDatum(updated_at);
-	values[1] = CStringGetTextDatum(t->updated_at);
-	values[2] = Int64GetDatum(last_thread_id);
-	values[3] = Int64GetDatum(t->last_thread_id);
-	/* a malformed date is treated as not stale rather than rejected */
-	fsb_spi_run("SELECT CASE WHEN $1 ~ '^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?(Z|[+-]\\d\\d:?\\d\\d)$' "
-			"THEN ($1::timestamptz, $3) < ($2::timestamptz, $4) ELSE false END",
-			4, types, values, NULL, SPI_OK_SELECT);
-	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	return result && result[0] == 't';
+	return updated_at < t->updated_at ||
+		(updated_at == t->updated_at && last_thread_id < t->last_thread_id);
 }
 
 /* The newest thread id in a snapshot, lineitems included; 0 if none. */
@@ -308,30 +350,33 @@ apply_status(const TicketRow *t, const char *fs_status)
 }
 
 static void
-update_ticket(const TicketRow *t, const char *status, const char *updated_at,
+update_ticket(const TicketRow *t, const char *status, TimestampTz updated_at,
 			  int64 last_thread_id, bool set_assignee, int64 assignee_id,
 			  const char *assignee_name)
 {
-	Oid			types[7] = {INT4OID, TEXTOID, TEXTOID, BOOLOID, INT4OID, TEXTOID, INT8OID};
+	Oid			types[7] = {INT4OID, TEXTOID, TIMESTAMPTZOID, BOOLOID, INT4OID, TEXTOID, INT8OID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	values[0] = Int32GetDatum((int32) t->ticket_id);
 	values[1] = status ? CStringGetTextDatum(status) : (Datum) 0;
 	nulls[1] = status ? ' ' : 'n';
-	values[2] = updated_at ? CStringGetTextDatum(updated_at) : (Datum) 0;
-	nulls[2] = updated_at ? ' ' : 'n';
+	values[2] = TimestampTzGetDatum(updated_at);
+	nulls[2] = updated_at != NO_DATE ? ' ' : 'n';
 	values[3] = BoolGetDatum(set_assignee);
 	values[4] = Int32GetDatum((int32) assignee_id);
 	nulls[4] = assignee_id ? ' ' : 'n';
-	values[5] = assignee_name ? CStringGetTextDatum(assignee_name) : (Datum) 0;
+	/* the column is varchar(200): a longer name is clipped, not refused */
+	values[5] = assignee_name ?
+		PointerGetDatum(cstring_to_text_with_len(assignee_name,
+												 pg_mbcliplen(assignee_name, strlen(assignee_name), 200))) :
+		(Datum) 0;
 	nulls[5] = assignee_name ? ' ' : 'n';
 	values[6] = Int64GetDatum(last_thread_id);
 	/* the caller checked the snapshot is not stale: it is the newest */
 	fsb_spi_run(psprintf("UPDATE %s.freescout_tickets SET "
 					 " status = COALESCE($2, status), "
-					 " freescout_updated_at = CASE WHEN $3 ~ '^\\d{4}-\\d\\d-\\d\\dT' "
-					 "   THEN $3::timestamptz ELSE freescout_updated_at END, "
+					 " freescout_updated_at = COALESCE($3, freescout_updated_at), "
 					 " freescout_last_thread_id = GREATEST(freescout_last_thread_id, NULLIF($7, 0)), "
 					 " assignee_id = CASE WHEN $4 THEN $5 ELSE assignee_id END, "
 					 " assignee_name = CASE WHEN $4 THEN $6 ELSE assignee_name END, "
@@ -369,7 +414,8 @@ static int
 insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 			   const char *author, const char *text, const char *created_at)
 {
-	Oid			types[8] = {INT8OID, INT8OID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Oid			types[8] = {INT8OID, INT8OID, INT4OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	TimestampTz created;
 	Datum		values[8];
 	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
@@ -384,8 +430,8 @@ insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 	values[5] = author ? CStringGetTextDatum(author) : (Datum) 0;
 	nulls[5] = author ? ' ' : 'n';
 	values[6] = CStringGetTextDatum(text);
-	values[7] = created_at ? CStringGetTextDatum(created_at) : (Datum) 0;
-	nulls[7] = created_at ? ' ' : 'n';
+	nulls[7] = parse_iso_timestamp(created_at, &created) ? ' ' : 'n';
+	values[7] = TimestampTzGetDatum(created);
 
 	/*
 	 * With a thread id, the unique key makes a replay a no-op.  The spec's
@@ -394,9 +440,7 @@ insert_worklog(const TicketRow *t, int64 thread_id, const char *type,
 	return fsb_spi_run(psprintf("INSERT INTO %1$s.freescout_worklog "
 							"(alert_id, incident_id, ticket_id, direction, freescout_thread_id, "
 							" thread_type, author, body, created_at) "
-							"SELECT $1, $2, $3, 'from_freescout', $4, $5, $6, $7, "
-							"  CASE WHEN $8 ~ '^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d(\\.\\d+)?(Z|[+-]\\d\\d:?\\d\\d)$' "
-							"       THEN $8::timestamptz ELSE now() END "
+							"SELECT $1, $2, $3, 'from_freescout', $4, $5, $6, $7, COALESCE($8, now()) "
 							"WHERE $4 IS NOT NULL OR NOT EXISTS (SELECT 1 FROM %1$s.freescout_worklog w "
 							"  WHERE w.ticket_id = $3 AND w.body = $7 AND w.freescout_thread_id IS NULL "
 							"    AND w.direction = 'from_freescout') "
@@ -447,7 +491,7 @@ typedef struct ConversationState
 	const cJSON *conversation;
 	TicketRow	ticket;
 	const char *status;
-	const char *updated_at;
+	TimestampTz updated_at;		/* NO_DATE when absent or not a date */
 	bool		assignee_given; /* false: the payload is silent about it */
 	int64		assignee_id;
 	char	   *assignee_name;
@@ -539,7 +583,8 @@ webhook_apply_conversation(const cJSON *conversation, WebhookResult *result)
 		return;
 
 	snap.status = conversation_status(conversation);
-	snap.updated_at = fsb_json_string(conversation, "updatedAt");
+	if (!parse_iso_timestamp(fsb_json_string(conversation, "updatedAt"), &snap.updated_at))
+		snap.updated_at = NO_DATE;
 	assignee = cJSON_GetObjectItemCaseSensitive(conversation, "assignee");
 	snap.assignee_given = assignee != NULL;
 	if (cJSON_IsObject(assignee))
@@ -549,6 +594,8 @@ webhook_apply_conversation(const cJSON *conversation, WebhookResult *result)
 	}
 	else if (!snap.assignee_given && fsb_json_int64(conversation, "assignee_id", &snap.assignee_id))
 		snap.assignee_given = true; /* spec envelope */
+	if (snap.assignee_id < 0 || snap.assignee_id > PG_INT32_MAX)
+		snap.assignee_given = false;	/* not a FreeScout user id */
 	snap.threads = cJSON_GetObjectItemCaseSensitive(
 		cJSON_GetObjectItemCaseSensitive(conversation, "_embedded"), "threads");
 	apply_as_remote(&snap);
@@ -564,6 +611,7 @@ apply_spec_note(const cJSON *data, WebhookResult *result)
 	cJSON	   *threads;
 
 	memset(&snap, 0, sizeof(snap));
+	snap.updated_at = NO_DATE;
 	snap.result = result;
 	schema_q = fsb_schema_quoted();
 	if (!fsb_json_int64(data, "conversation_id", &conversation_id) || !cJSON_IsObject(thread))
@@ -621,7 +669,8 @@ log_applied(const char *event, const WebhookResult *r, const char *scheme)
 
 	values[0] = Int32GetDatum((int32) r->ticket_id);
 	nulls[0] = r->ticket_id ? ' ' : 'n';
-	values[1] = CStringGetTextDatum(event);
+	/* event_type is varchar(50): an odd event name is clipped, not refused */
+	values[1] = PointerGetDatum(cstring_to_text_with_len(event, pg_mbcliplen(event, strlen(event), 50)));
 	values[2] = CStringGetTextDatum(payload);
 	values[3] = BoolGetDatum(true);
 	fsb_spi_run(psprintf("INSERT INTO %s.freescout_sync_log "

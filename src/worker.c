@@ -48,7 +48,8 @@ typedef struct WorkerState
 	TimestampTz next_due;		/* earliest pending job, 0 if none */
 	TimestampTz last_pass;
 	TimestampTz paused_until;	/* circuit open: FreeScout unavailable */
-	int			host_failures;	/* consecutive "unavailable" outcomes */
+	TimestampTz circuit_opened_at;	/* when the current pause began */
+	int			host_failures;	/* consecutive "unavailable" probes */
 	TimestampTz error_backoff_until;
 	bool		config_problem_logged;
 } WorkerState;
@@ -156,6 +157,7 @@ start_jobs(List *claimed)
 		HttpRequest *req;
 
 		ws.running = lappend(ws.running, job);
+		job->started_at = GetCurrentTimestamp();
 		MemoryContextSwitchTo(GetMemoryChunkContext(job));
 		req = delivery_start(job);
 		MemoryContextSwitchTo(old);
@@ -176,7 +178,16 @@ observe_outcome(OutboxJob *job)
 		long		delay;
 		TimestampTz until;
 
+		/*
+		 * The requests that were in flight when FreeScout went away all fail
+		 * together; they are one failure, not thirty-two.  Only a request
+		 * sent after the circuit opened (a probe) deepens the backoff.
+		 */
+		if (ws.host_failures > 0 && job->started_at < ws.circuit_opened_at &&
+			job->retry_after_s < 0)
+			return;
 		ws.host_failures++;
+		ws.circuit_opened_at = GetCurrentTimestamp();
 		if (job->retry_after_s >= 0)
 			delay = job->retry_after_s * 1000L;
 		else
