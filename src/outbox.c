@@ -20,6 +20,7 @@
 #include "lib/stringinfo.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -61,11 +62,21 @@ outbox_begin(void)
 	return true;
 }
 
+/*
+ * Commits the unit of work.  Only a claim must be durable before requests
+ * leave; a pass that merely records outcomes commits asynchronously, since
+ * losing it in a crash only re-runs the jobs, and every re-run either looks
+ * before it creates or repeats an idempotent PUT.  That spares the SIEM's
+ * own commits a WAL flush per delivered request.
+ */
 void
-outbox_end(void)
+outbox_end(bool durable)
 {
 	SPI_finish();
 	PopActiveSnapshot();
+	if (!durable)
+		(void) set_config_option("synchronous_commit", "off", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
 	CommitTransactionCommand();
 	/* without this, autovacuum never hears of the worker's writes */
 	pgstat_report_stat(false);

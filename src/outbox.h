@@ -90,7 +90,7 @@ typedef struct OutboxJob
 
 /* outbox.c */
 extern bool outbox_begin(void);
-extern void outbox_end(void);
+extern void outbox_end(bool durable);
 extern const char *outbox_schema(void);
 extern int	outbox_recover_inflight(void);
 extern List *outbox_claim(int limit, List *busy_targets, MemoryContext jobs_cxt);

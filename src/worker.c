@@ -390,6 +390,30 @@ answer_ticket_requests(void)
 		ConditionVariableBroadcast(&fsb_shared->answer_cv);
 }
 
+/* Is any synchronous caller waiting for a job that just finished? */
+static bool
+ticket_requests_answerable(void)
+{
+	bool		found = false;
+
+	LWLockAcquire(fsb_shared->lock, LW_SHARED);
+	for (int i = 0; i < FSB_REQUEST_SLOTS && !found; i++)
+	{
+		TicketRequestSlot *slot = &fsb_shared->slots[i];
+		ListCell   *lc;
+
+		if (slot->state != TRS_QUEUED)
+			continue;
+		if (slot->outbox_id == 0)
+			found = true;
+		foreach(lc, ws.finished)
+			if (((OutboxJob *) lfirst(lc))->id == slot->outbox_id)
+				found = true;
+	}
+	LWLockRelease(fsb_shared->lock);
+	return found;
+}
+
 static bool
 ticket_requests_waiting(void)
 {
@@ -462,7 +486,8 @@ database_pass(TimestampTz now)
 		ws.next_due = outbox_next_due(capacity > 0 && !ws.more_due);
 		sync_database_step(now);
 	}
-	outbox_end();
+	/* tickets handed to waiting callers must survive a crash, as must claims */
+	outbox_end(claimed != NIL || ticket_requests_answerable());
 	pgstat_report_activity(STATE_IDLE, NULL);
 
 	answer_ticket_requests();
