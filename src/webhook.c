@@ -785,33 +785,33 @@ optional_text_arg(FunctionCallInfo fcinfo, int n)
 	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
 }
 
+/*
+ * The SQL entry points: the body as text, or as the raw bytes received (for
+ * callers that do not decode it first; the HMAC covers exactly these bytes).
+ */
+static Datum
+webhook_entry(FunctionCallInfo fcinfo, bool body_is_text)
+{
+	struct varlena *body;
+
+	if (PG_ARGISNULL(0))
+		reject("webhook_rejected", ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is missing",
+			   NULL, "Pass the raw request body.");
+	body = PG_GETARG_VARLENA_PP(0);
+	PG_RETURN_DATUM(handle_webhook(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), body_is_text,
+								   optional_text_arg(fcinfo, 1), optional_text_arg(fcinfo, 2)));
+}
+
 /* freescout_webhook(body text, signature text, event text) */
 Datum
 freescout_webhook(PG_FUNCTION_ARGS)
 {
-	text	   *body;
-
-	if (PG_ARGISNULL(0))
-		reject("webhook_rejected", ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is missing",
-			   NULL, "Pass the raw request body.");
-	body = PG_GETARG_TEXT_PP(0);
-	PG_RETURN_DATUM(handle_webhook(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), true,
-								   optional_text_arg(fcinfo, 1), optional_text_arg(fcinfo, 2)));
+	return webhook_entry(fcinfo, true);
 }
 
-/*
- * freescout_webhook(body bytea, ...): the raw bytes as received, for callers
- * that do not decode the body first.  The HMAC covers exactly these bytes.
- */
+/* freescout_webhook(body bytea, signature text, event text) */
 Datum
 freescout_webhook_bytes(PG_FUNCTION_ARGS)
 {
-	bytea	   *body;
-
-	if (PG_ARGISNULL(0))
-		reject("webhook_rejected", ERRCODE_NULL_VALUE_NOT_ALLOWED, "webhook body is missing",
-			   NULL, "Pass the raw request body.");
-	body = PG_GETARG_BYTEA_PP(0);
-	PG_RETURN_DATUM(handle_webhook(VARDATA_ANY(body), VARSIZE_ANY_EXHDR(body), false,
-								   optional_text_arg(fcinfo, 1), optional_text_arg(fcinfo, 2)));
+	return webhook_entry(fcinfo, false);
 }
