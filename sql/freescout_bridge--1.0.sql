@@ -161,10 +161,14 @@ CREATE TABLE @extschema@.freescout_sync_state (
 INSERT INTO @extschema@.freescout_sync_state DEFAULT VALUES;
 
 -- The SIEM side of the link.  The columns outlive DROP EXTENSION (SIEM data).
+-- Partial indexes: most alerts never get a ticket, and nothing looks up NULL,
+-- so the SIEM's inserts pay no index entry for them.
 ALTER TABLE @extschema@.alerts ADD COLUMN IF NOT EXISTS freescout_ticket_id integer;
 ALTER TABLE @extschema@.incidents ADD COLUMN IF NOT EXISTS freescout_ticket_id integer;
-CREATE INDEX IF NOT EXISTS idx_alerts_freescout_ticket ON @extschema@.alerts (freescout_ticket_id);
-CREATE INDEX IF NOT EXISTS idx_incidents_freescout_ticket ON @extschema@.incidents (freescout_ticket_id);
+CREATE INDEX IF NOT EXISTS idx_alerts_freescout_ticket ON @extschema@.alerts (freescout_ticket_id)
+    WHERE freescout_ticket_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS idx_incidents_freescout_ticket ON @extschema@.incidents (freescout_ticket_id)
+    WHERE freescout_ticket_id IS NOT NULL;
 
 -- pg_dump keeps the bridge's state; builtin status rows come from this script.
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.freescout_tickets', '');
