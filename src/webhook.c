@@ -387,7 +387,7 @@ update_ticket(const TicketRow *t, const char *status, TimestampTz updated_at,
 
 /* Our own threads come back in webhooks: recognise them by their markers. */
 static bool
-thread_is_ours(const char *body, int64 thread_id, const TicketRow *t)
+thread_is_ours(const char *body, int64 thread_id)
 {
 	const char *note;
 
@@ -473,7 +473,7 @@ apply_threads(const TicketRow *t, const cJSON *threads)
 		if (state != NULL && strcmp(state, "published") != 0)
 			continue;
 		fsb_json_int64(thread, "id", &thread_id);
-		if (thread_is_ours(body, thread_id, t))
+		if (thread_is_ours(body, thread_id))
 			continue;
 		text = render_html_to_text(body);
 		if (text[0] == '\0')
