@@ -8,6 +8,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(freescout_metrics);
 
@@ -35,6 +36,8 @@ freescout_metrics(PG_FUNCTION_ARGS)
 	Datum		values[2];
 	bool		nulls[2] = {false, false};
 	int			pid;
+	TimestampTz paused_until;
+	long		paused_ms = 0;
 
 	InitMaterializedSRF(fcinfo, 0);
 	if (!fsb_shared_state_available())
@@ -53,9 +56,17 @@ freescout_metrics(PG_FUNCTION_ARGS)
 
 	LWLockAcquire(fsb_shared->lock, LW_SHARED);
 	pid = fsb_shared->worker_pid;
+	paused_until = fsb_shared->circuit_open_until;
 	LWLockRelease(fsb_shared->lock);
 	values[0] = CStringGetTextDatum("worker_pid");
 	values[1] = Int64GetDatum(pid);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+
+	/* > 0 while FreeScout is considered down and sending is paused */
+	if (paused_until > GetCurrentTimestamp())
+		paused_ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), paused_until);
+	values[0] = CStringGetTextDatum("sending_paused_ms");
+	values[1] = Int64GetDatum(paused_ms);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }

@@ -165,6 +165,15 @@ start_jobs(List *claimed)
 	}
 }
 
+/* For freescout_metrics(): how long sending stays paused. */
+static void
+publish_pause(TimestampTz until)
+{
+	LWLockAcquire(fsb_shared->lock, LW_EXCLUSIVE);
+	fsb_shared->circuit_open_until = until;
+	LWLockRelease(fsb_shared->lock);
+}
+
 /*
  * A job ended.  Its outcome also tells whether FreeScout is there: any
  * real answer closes the circuit; an outage or throttling opens it, and
@@ -196,13 +205,14 @@ observe_outcome(OutboxJob *job)
 		until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 		if (until > ws.paused_until)
 			ws.paused_until = until;
-		fsb_shared->circuit_open_until = ws.paused_until;
+		publish_pause(ws.paused_until);
 	}
-	else if (job->outcome != OUTCOME_POSTPONE && job->outcome != OUTCOME_SKIPPED)
+	else if (job->outcome != OUTCOME_POSTPONE && job->outcome != OUTCOME_SKIPPED &&
+			 (ws.host_failures > 0 || ws.paused_until != 0))
 	{
 		ws.host_failures = 0;
 		ws.paused_until = 0;
-		fsb_shared->circuit_open_until = 0;
+		publish_pause(0);
 	}
 }
 
