@@ -587,6 +587,7 @@ reload_settings(void)
 	/* new settings deserve a fresh try at once */
 	ws.paused_until = 0;
 	ws.host_failures = 0;
+	publish_pause(0);
 	ws.wake = true;
 	problem = fsb_url_problem(fsb_url);
 	if (problem == NULL)
