@@ -31,7 +31,10 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/builtins.h"
 
 PG_FUNCTION_INFO_V1(freescout_wake_at_commit);
 PG_FUNCTION_INFO_V1(freescout_alert_qualifies);
@@ -241,6 +244,7 @@ get_severity(const PendingAlert *p)
 Datum
 freescout_flush_alerts(PG_FUNCTION_ARGS)
 {
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	const char *schema;
 	Oid			types[6] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, BOOLOID, INT4OID, BOOLOID};
 	Datum		values[6];
@@ -261,7 +265,8 @@ freescout_flush_alerts(PG_FUNCTION_ARGS)
 	n_pending = 0;
 
 	SPI_connect();
-	schema = fsb_schema_quoted();
+	/* alerts lives in the extension's schema: no catalog scan needed */
+	schema = quote_identifier(get_namespace_name(RelationGetNamespace(trigdata->tg_relation)));
 	query = psprintf("INSERT INTO %1$s.freescout_outbox (kind, alert_id) "
 					 "SELECT CASE WHEN joins THEN 'link' ELSE 'create' END, n.alert_id "
 					 "  FROM unnest($1, $2, $3) AS n(alert_id, incident_id, severity), "

@@ -134,6 +134,7 @@ extern bool fsb_shared_state_available(void);
 extern void fsb_require_worker(void);
 extern void fsb_wake_worker(void);
 extern void fsb_count(FsbCounter counter, uint64 amount);
+extern bool fsb_deferred_logs_waiting(void);
 extern bool fsb_defer_log(const char *event_type, const char *error,
 						  const char *detail);
 

@@ -134,6 +134,19 @@ fsb_count(FsbCounter counter, uint64 amount)
  * record (a forged webhook).  Returns false when the buffer is full or there
  * is no shared memory; the caller then still raises its error.
  */
+/* Are log rows waiting for the worker to write them? */
+bool
+fsb_deferred_logs_waiting(void)
+{
+	bool		waiting = false;
+
+	LWLockAcquire(fsb_shared->lock, LW_SHARED);
+	for (int i = 0; i < FSB_DEFERRED_LOGS && !waiting; i++)
+		waiting = fsb_shared->deferred_logs[i].used;
+	LWLockRelease(fsb_shared->lock);
+	return waiting;
+}
+
 bool
 fsb_defer_log(const char *event_type, const char *error, const char *detail)
 {

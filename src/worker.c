@@ -547,7 +547,15 @@ pass_wanted(TimestampTz now)
 {
 	if (now < ws.error_backoff_until)
 		return false;
-	if (ws.finished != NIL || ws.wake || (ws.recovery_needed && ws.running == NIL))
+	if (ws.finished != NIL || (ws.recovery_needed && ws.running == NIL))
+		return true;
+	/*
+	 * A wake is for new jobs.  While nothing can be sent (no URL, sending
+	 * paused) it only matters for what needs no sending; the rest waits for
+	 * the timer, sparing the SIEM's inserts a transaction per commit.
+	 */
+	if (ws.wake && (claim_capacity(now) > 0 || fsb_deferred_logs_waiting() ||
+					ticket_requests_waiting() || !ws.extension_present))
 		return true;
 	if (ws.extension_present && sync_wanted(now))
 		return true;
