@@ -34,3 +34,14 @@ INSERT INTO freescout_status_map VALUES ('escalated_to_ir', 'pending');
 UPDATE alerts SET status = 'resolved' WHERE alert_id = 210;
 UPDATE alerts SET status = 'escalated_to_ir' WHERE alert_id = 210;
 SELECT wait_for($$(SELECT status = 'pending' FROM freescout_tickets WHERE alert_id = 210)$$) AS mapped_now;
+
+-- A status change the outbox never heard of (made here with triggers off)
+-- while a status job is in flight is caught when that job is recorded.
+\! /usr/bin/python3 test/simctl.py config '{"latency_ms": 700}'
+UPDATE alerts SET status = 'resolved' WHERE alert_id = 210;
+SELECT wait_for($$EXISTS (SELECT 1 FROM freescout_outbox WHERE alert_id = 210 AND state = 'inflight')$$) AS in_flight;
+SET session_replication_role = replica;
+UPDATE alerts SET status = 'escalated_to_ir' WHERE alert_id = 210;
+RESET session_replication_role;
+\! /usr/bin/python3 test/simctl.py config '{"latency_ms": 0}'
+SELECT wait_for($$(SELECT status = 'pending' FROM freescout_tickets WHERE alert_id = 210)$$) AS caught_up;

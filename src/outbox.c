@@ -546,6 +546,30 @@ record_ticket(OutboxJob *job)
 	fsb_count(job->adopted ? FSB_C_TICKETS_ADOPTED : FSB_C_TICKETS_CREATED, 1);
 }
 
+/*
+ * The SIEM status may have changed again while this job was in flight, and
+ * the trigger skips queueing while a status job looks pending, so that
+ * change could be lost.  If the status FreeScout now has is not what the
+ * SIEM status maps to, queue one more job.
+ */
+static void
+requeue_if_status_moved(OutboxJob *job)
+{
+	const char *target = job->target_kind == 'a' ? "alert_id" : "incident_id";
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {Int64GetDatum(job->target_id),
+	CStringGetTextDatum(job->freescout_status)};
+
+	fsb_spi_run(psprintf("INSERT INTO %1$s.freescout_outbox (kind, %3$s) "
+						 "SELECT 'status', x.%3$s FROM %1$s.%2$s x "
+						 "  JOIN %1$s.freescout_status_map m ON m.siem_status = x.status::text "
+						 " WHERE x.%3$s = $1 AND m.freescout_status IS DISTINCT FROM $2 "
+						 "   AND NOT EXISTS (SELECT 1 FROM %1$s.freescout_outbox o "
+						 "        WHERE o.kind = 'status' AND o.%3$s = $1 AND o.state = 'pending')",
+						 schema, job->target_kind == 'a' ? "alerts" : "incidents", target),
+				2, types, values, NULL, SPI_OK_INSERT);
+}
+
 static void
 record_done(OutboxJob *job)
 {
@@ -565,6 +589,7 @@ record_done(OutboxJob *job)
 			fsb_spi_run(psprintf("UPDATE %s.freescout_tickets SET status = $2, updated_at = now(), "
 					"synced_at = now() WHERE ticket_id = $1", schema),
 				3, types, values, NULL, SPI_OK_UPDATE);
+			requeue_if_status_moved(job);
 			break;
 		case JOB_NOTE:
 			values[1] = Int64GetDatum(job->worklog_id);
