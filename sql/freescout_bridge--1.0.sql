@@ -321,9 +321,9 @@ CREATE FUNCTION @extschema@.freescout_alert_qualifies(severity integer, incident
     LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'freescout_alert_qualifies';
 CREATE FUNCTION @extschema@.freescout_collect_alert() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'freescout_collect_alert';
+-- Not SECURITY DEFINER: it becomes the owner itself, only when it writes.
 CREATE FUNCTION @extschema@.freescout_flush_alerts() RETURNS trigger
-    LANGUAGE c SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-    AS 'MODULE_PATHNAME', 'freescout_flush_alerts';
+    LANGUAGE c AS 'MODULE_PATHNAME', 'freescout_flush_alerts';
 
 /*
  * The alert triggers are generated to match the SIEM: the incident rules
@@ -476,3 +476,8 @@ SELECT 'pg_catalog.pg_trigger'::pg_catalog.regclass, t.oid, 0,
    AND t.tgrelid IN ('@extschema@.alerts'::pg_catalog.regclass, '@extschema@.incidents'::pg_catalog.regclass)
    AND t.tgname IN ('freescout_alert_collect', 'freescout_alerts_inserted', 'freescout_alert_changed',
                     'freescout_incidents_inserted', 'freescout_incident_changed');
+
+-- The one grant to PUBLIC, deliberate: a trigger's WHEN clause runs with the
+-- privileges of whoever inserts the alert, so the SIEM's ingest role must be
+-- able to call the filter.  It only reads settings and returns a boolean.
+GRANT EXECUTE ON FUNCTION @extschema@.freescout_alert_qualifies(integer, bigint) TO PUBLIC;

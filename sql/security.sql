@@ -17,11 +17,24 @@ RESET ROLE;
 REVOKE ALL ON FUNCTION freescout_create_ticket(bigint), freescout_webhook(text, text, text) FROM siem_api;
 DROP ROLE siem_api;
 
--- PUBLIC holds no privilege on any object of the extension.
-SELECT count(*) AS public_grants FROM (
-    SELECT (aclexplode(relacl)).grantee FROM pg_class WHERE relname LIKE 'freescout%'
+-- The SIEM's ingest role needs no privilege on the bridge's objects: its
+-- alerts are queued all the same.
+CREATE ROLE siem_ingest;
+GRANT INSERT ON alerts TO siem_ingest;
+SET ROLE siem_ingest;
+INSERT INTO alerts (alert_id, title, severity) VALUES (950, 'from a plain ingest role', 4);
+SELECT count(*) FROM freescout_outbox;
+RESET ROLE;
+SELECT wait_for($$EXISTS (SELECT 1 FROM freescout_tickets WHERE alert_id = 950)$$) AS queued_and_sent;
+REVOKE ALL ON alerts FROM siem_ingest;
+DROP ROLE siem_ingest;
+
+-- PUBLIC holds no privilege on any object of the extension but the filter
+-- the alert trigger's WHEN clause calls.
+SELECT name FROM (
+    SELECT relname::text AS name, (aclexplode(relacl)).grantee FROM pg_class WHERE relname LIKE 'freescout%'
     UNION ALL
-    SELECT (aclexplode(proacl)).grantee FROM pg_proc WHERE proname LIKE 'freescout%') g
+    SELECT proname::text, (aclexplode(proacl)).grantee FROM pg_proc WHERE proname LIKE 'freescout%') g
  WHERE grantee = 0;
 SELECT proname FROM pg_proc WHERE proname LIKE 'freescout%' AND proacl IS NULL ORDER BY 1;
 

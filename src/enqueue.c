@@ -24,9 +24,15 @@
  */
 #include "freescout_bridge.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/fmgroids.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -236,10 +242,39 @@ get_severity(const PendingAlert *p)
 	return p->severity;
 }
 
+/* The extension's owner, who owns the outbox. */
+static Oid
+extension_owner(void)
+{
+	Oid			owner = InvalidOid;
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(FSB_EXTENSION_NAME));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+		owner = ((Form_pg_extension) GETSTRUCT(tuple))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (!OidIsValid(owner))
+		elog(ERROR, "extension \"%s\" is not installed", FSB_EXTENSION_NAME);
+	return owner;
+}
+
 /*
  * Writes the remembered alerts to the outbox.  An alert of an incident joins
  * the incident's ticket when the incident has one or will get one;
  * otherwise it is judged on its own severity.
+ *
+ * Not SECURITY DEFINER: that would make every INSERT into alerts pay a GUC
+ * save and restore, even when nothing qualified.  When there is something to
+ * write, we become the extension's owner ourselves, with a restricted
+ * security context, and the statement names every function and operator
+ * with its schema, so the caller's search_path cannot redirect it.
  */
 Datum
 freescout_flush_alerts(PG_FUNCTION_ARGS)
@@ -249,7 +284,9 @@ freescout_flush_alerts(PG_FUNCTION_ARGS)
 	Oid			types[6] = {INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, BOOLOID, INT4OID, BOOLOID};
 	Datum		values[6];
 	char	   *query;
-	int			queued;
+	volatile int queued = 0;
+	Oid			saved_user;
+	int			saved_context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		elog(ERROR, "freescout_flush_alerts() must be a statement trigger");
@@ -264,18 +301,33 @@ freescout_flush_alerts(PG_FUNCTION_ARGS)
 	values[5] = BoolGetDatum(fsb_auto_create_on_incident);
 	n_pending = 0;
 
-	SPI_connect();
 	/* alerts lives in the extension's schema: no catalog scan needed */
 	schema = quote_identifier(get_namespace_name(RelationGetNamespace(trigdata->tg_relation)));
 	query = psprintf("INSERT INTO %1$s.freescout_outbox (kind, alert_id) "
 					 "SELECT CASE WHEN joins THEN 'link' ELSE 'create' END, n.alert_id "
-					 "  FROM unnest($1, $2, $3) AS n(alert_id, incident_id, severity), "
-					 "       LATERAL (SELECT n.incident_id <> 0 AND ($6 OR EXISTS ("
-					 "           SELECT 1 FROM %1$s.incidents i WHERE i.incident_id = n.incident_id "
+					 "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) "
+					 "       AS n(alert_id, incident_id, severity), "
+					 "       LATERAL (SELECT n.incident_id OPERATOR(pg_catalog.<>) 0 AND ($6 OR EXISTS ("
+					 "           SELECT 1 FROM %1$s.incidents i "
+					 "            WHERE i.incident_id OPERATOR(pg_catalog.=) n.incident_id "
 					 "              AND i.freescout_ticket_id IS NOT NULL)) AS joins) j "
-					 " WHERE joins OR ($4 AND n.severity >= $5)", schema);
-	queued = fsb_spi_run(query, 6, types, values, NULL, SPI_OK_INSERT);
-	SPI_finish();
+					 " WHERE joins OR ($4 AND n.severity OPERATOR(pg_catalog.>=) $5)", schema);
+
+	GetUserIdAndSecContext(&saved_user, &saved_context);
+	SetUserIdAndSecContext(extension_owner(),
+						   saved_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		SPI_connect();
+		queued = fsb_spi_run(query, 6, types, values, NULL, SPI_OK_INSERT);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(saved_user, saved_context);
+	}
+	PG_END_TRY();
 
 	if (queued > 0)
 		fsb_request_wake_at_commit();

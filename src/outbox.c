@@ -275,7 +275,10 @@ load_note(OutboxJob *job)
 /*
  * Claims up to `limit` due jobs, at most one per alert or incident (and none
  * for a target already in `busy`), so changes to one ticket stay in order.
- * The claim commits before any request leaves.
+ * The worker is the only claimer, so the rows just read as pending still are;
+ * the UPDATE filters on id alone, which lets it use the primary key instead
+ * of walking the whole pending queue.  The claim commits before any
+ * request leaves.
  */
 List *
 outbox_claim(int limit, List *busy, MemoryContext jobs_cxt)
@@ -322,7 +325,7 @@ outbox_claim(int limit, List *busy, MemoryContext jobs_cxt)
 	n = fsb_spi_run(psprintf("UPDATE %s.freescout_outbox "
 				"   SET state = 'inflight', attempts = attempts + 1, "
 				"       first_claimed_at = COALESCE(first_claimed_at, now()) "
-				" WHERE id = ANY($1) AND state = 'pending' "
+				" WHERE id = ANY($1) "
 				"RETURNING id, kind, alert_id, incident_id, attempts, needs_lookup, "
 				"          payload::text, first_claimed_at", schema),
 			1, types, values, NULL, SPI_OK_UPDATE_RETURNING);

@@ -681,6 +681,9 @@ def case_r7(args, rng):
             results.check(f"R7 round {number}: the worker runs on the primary",
                           primary.worker_pid() is not None)
 
+            # FreeScout at 30 ms a request: ~1,000 tickets take ~2 s at the default
+            # concurrency, so a stop 0.2-1.0 s into the burst lands in its middle
+            sim.configure(latency_ms=30)
             first, last, qualifying = insert_burst(primary, 2000, 0.5, rng)
             delay = rng.uniform(0.2, 1.0)
             time.sleep(delay)
@@ -691,6 +694,7 @@ def case_r7(args, rng):
                 pass
             primary.stop("immediate")
             conversations_at_stop = sim.stats()["conversations"]
+            sim.configure(latency_ms=0)
             standby.promote()
             wait_ready(standby)
             worker = wait_worker(standby, timeout=30)
