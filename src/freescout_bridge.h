@@ -140,6 +140,7 @@ extern bool fsb_defer_log(const char *event_type, const char *error,
 
 /* ---------- sql_helpers.c ---------- */
 
+extern bool fsb_extension_lookup(Oid *schema, Oid *owner);
 extern Oid	fsb_extension_schema(void);
 extern const char *fsb_schema_quoted(void);
 extern char *fsb_qualified(const char *relname);

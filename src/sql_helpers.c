@@ -21,37 +21,45 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
-/* The schema of the installed extension, or InvalidOid when not installed. */
-Oid
-fsb_extension_schema(void)
+/*
+ * The installed extension's schema and owner; false when it is not
+ * installed in this database.
+ */
+bool
+fsb_extension_lookup(Oid *schema, Oid *owner)
 {
-	Oid			ext_oid = get_extension_oid(FSB_EXTENSION_NAME, true);
-	Oid			nsp = InvalidOid;
-	Relation	rel;
+	bool		found = false;
+	Relation	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tuple;
 
-	if (!OidIsValid(ext_oid))
-		return InvalidOid;
-
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(ext_oid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum(FSB_EXTENSION_NAME));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tuple = systable_getnext(scan);
 	if (HeapTupleIsValid(tuple))
-		nsp = ((Form_pg_extension) GETSTRUCT(tuple))->extnamespace;
+	{
+		Form_pg_extension ext = (Form_pg_extension) GETSTRUCT(tuple);
+
+		if (schema)
+			*schema = ext->extnamespace;
+		if (owner)
+			*owner = ext->extowner;
+		found = true;
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
-	return nsp;
+	return found;
 }
 
-/* schema.relname, quoted, for an object of the extension's schema. */
-char *
-fsb_qualified(const char *relname)
+/* The schema of the installed extension, or InvalidOid when not installed. */
+Oid
+fsb_extension_schema(void)
 {
-	return psprintf("%s.%s", fsb_schema_quoted(), quote_identifier(relname));
+	Oid			schema;
+
+	return fsb_extension_lookup(&schema, NULL) ? schema : InvalidOid;
 }
 
 /* The extension's schema, quoted for use in a query. */
