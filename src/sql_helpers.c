@@ -62,6 +62,13 @@ fsb_extension_schema(void)
 	return fsb_extension_lookup(&schema, NULL) ? schema : InvalidOid;
 }
 
+/* schema.relname, quoted, for an object of the extension's schema. */
+char *
+fsb_qualified(const char *relname)
+{
+	return psprintf("%s.%s", fsb_schema_quoted(), quote_identifier(relname));
+}
+
 /* The extension's schema, quoted for use in a query. */
 const char *
 fsb_schema_quoted(void)
