@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Cluster, Simulator, free_port, wait_until  # noqa: E402
+from harness import Cluster, Simulator, free_port, stop_process, wait_until  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,8 +114,7 @@ def main():
         print(f"\nFreeScout simulator: {sim.stats()['conversations']} conversations, "
               f"duplicates: {sim.stats()['duplicates']}")
     finally:
-        app.terminate()
-        app.wait(10)
+        stop_process(app)
         cluster.stop()
         sim.stop()
 

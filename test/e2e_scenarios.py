@@ -35,7 +35,8 @@ sys.path.insert(0, HERE)
 
 import httpx  # noqa: E402
 
-from harness import WEBHOOK_SECRET, Cluster, Results, Simulator, free_port, wait_until  # noqa: E402
+from harness import (WEBHOOK_SECRET, Cluster, Results, Simulator, free_port,  # noqa: E402
+                     stop_process, wait_until)
 
 WEBHOOK_PATH = "/api/v1/integrations/freescout/webhook"
 TIMEOUT = 10  # seconds for anything that crosses the worker, FreeScout and a webhook
@@ -65,13 +66,7 @@ class App:
 
     def stop(self):
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -3,7 +3,7 @@ preloaded, the FreeScout simulator, and small helpers to drive both.
 
 Everything here is real: initdb/pg_ctl from the installed PostgreSQL, the
 extension as `make install` put it, the simulator as its own process on
-127.0.0.1.  Nothing is stubbed.  Runs as an ordinary user (not root), since
+127.0.0.1.  No part is faked.  Runs as an ordinary user (not root), since
 PostgreSQL refuses to run as root.
 """
 
@@ -32,6 +32,17 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_process(proc, timeout=10):
+    """SIGTERM, a grace period, then SIGKILL: how every helper process ends."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
@@ -109,13 +120,7 @@ class Simulator:
         return self.control("POST", "/_sim/reset", {})
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -200,14 +205,7 @@ class Cluster:
             except ProcessLookupError:
                 pass
         wait_until(lambda: not os.path.exists(os.path.join(self.sockdir, f".s.PGSQL.{self.port}"))
-                   or self._socket_dead(), timeout=10, what="server death")
-
-    def _socket_dead(self):
-        try:
-            self.connect("postgres").close()
-            return False
-        except psycopg.OperationalError:
-            return True
+                   or not self.reachable(), timeout=10, what="server death")
 
     # -- SQL -----------------------------------------------------------------
 
