@@ -243,7 +243,8 @@ DECLARE
     v_ticket integer;
 BEGIN
     IF note IS NULL OR pg_catalog.btrim(note) = '' THEN
-        RAISE EXCEPTION 'a note needs text' USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'a note needs text' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Pass the note as non-empty text.';
     END IF;
     IF target_alert IS NOT NULL THEN
         SELECT COALESCE(a.freescout_ticket_id, 0) INTO v_ticket

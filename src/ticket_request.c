@@ -191,7 +191,9 @@ ticket_row(FunctionCallInfo fcinfo, int64 ticket_id)
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("ticket " INT64_FORMAT " vanished before it could be returned", ticket_id)));
+				 errmsg("ticket " INT64_FORMAT " vanished before it could be returned", ticket_id),
+				 errdetail("The worker committed it, but this transaction cannot see it."),
+				 errhint("Call the function in READ COMMITTED isolation, outside a longer transaction.")));
 	return PointerGetDatum(SPI_returntuple(SPI_tuptable->vals[0], BlessTupleDesc(tupdesc)));
 }
 

@@ -742,7 +742,7 @@ handle_webhook(const char *body, size_t body_len, bool body_is_text,
 			   "webhook body is not valid JSON",
 			   psprintf("Parsing stopped near byte %ld.",
 						(long) (cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() - body : 0)),
-			   NULL);
+			   "The signature matched, so the body was cut or re-encoded on its way: pass the raw request body.");
 
 	memset(&result, 0, sizeof(result));
 	event = header_event;
